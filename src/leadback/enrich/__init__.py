@@ -1,0 +1,1 @@
+"""Request enrichment: truncated client IPs, bot detection, consent decisions."""

@@ -1,0 +1,1 @@
+"""The ingest service: HTTP in (pixel, JSON), canonical events out to Kafka."""

@@ -1,0 +1,177 @@
+"""``GET /p.gif``: the pixel, as a raw ASGI handler (no framework routing on the hot path).
+
+Always answers the 43-byte GIF with no-cache headers, whatever happens behind it: an
+acceptable pixel becomes a canonical event on the events topic; anything else becomes a record
+with a reason on the invalid topic. The visitor cookie is (re)set only when consent allows.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from leadback.enrich.bots import BotDetector
+from leadback.enrich.ip import client_ip, parse_networks
+from leadback.errors import BackpressureError, InvalidInputError
+from leadback.events import event_key
+from leadback.ingest.sites import SiteRegistry
+from leadback.ingest.stats import IngestStats
+from leadback.kafka.delivery import Delivery
+from leadback.logs import get_logger
+from leadback.protocols.pixel import PixelPolicy, PixelRequest, invalid_record, parse_pixel
+from leadback.settings import Settings
+
+log = get_logger(__name__)
+
+# The smallest transparent 1x1 GIF (the same 43 bytes as nginx's empty_gif).
+GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x01\x00\x00\x00\x00\xff\xff\xff"
+    b"!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+assert len(GIF) == 43
+
+_BASE_HEADERS = [
+    (b"content-type", b"image/gif"),
+    (b"content-length", b"43"),
+    (b"cache-control", b"no-store, no-cache, must-revalidate, max-age=0"),
+    (b"pragma", b"no-cache"),
+    (b"expires", b"Thu, 01 Jan 1970 00:00:00 GMT"),
+    (b"x-content-type-options", b"nosniff"),
+]
+_START_PLAIN = {"type": "http.response.start", "status": 200, "headers": _BASE_HEADERS}
+_BODY = {"type": "http.response.body", "body": GIF, "more_body": False}
+_EMPTY_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
+
+Scope = dict[str, Any]
+
+
+class PixelHandler:
+    """The ASGI handler for the pixel route."""
+
+    def __init__(
+        self, settings: Settings, sites: SiteRegistry, delivery: Delivery, stats: IngestStats
+    ) -> None:
+        ing = settings.ingest
+        self._delivery = delivery
+        self._stats = stats
+        self._topic = settings.kafka.topic_events
+        self._invalid_topic = settings.kafka.topic_invalid
+        self._max_event = ing.max_event_bytes
+        self._trusted = parse_networks(ing.trusted_proxies)
+        self._policy = PixelPolicy(
+            known_sites=sites.known,
+            consent_default_by_site=sites.consent_defaults,
+            consent_default=ing.consent_default,
+            honor_dnt=ing.honor_dnt,
+            max_query_bytes=ing.max_query_bytes,
+        )
+        self._bots = BotDetector()
+        self._cookie_name = ing.cookie_name.encode()
+        self._cookie_prefix = ing.cookie_name.encode() + b"="
+        attrs = f"; Max-Age={ing.cookie_max_age_days * 86400}; Path=/"
+        if ing.cookie_domain:
+            attrs += f"; Domain={ing.cookie_domain}"
+        # Third-party contexts need SameSite=None, which browsers accept only with Secure;
+        # over plain HTTP (local development) fall back to Lax so the cookie still works.
+        self._cookie_secure = (attrs + "; HttpOnly; Secure; SameSite=None").encode()
+        self._cookie_plain = (attrs + "; HttpOnly; SameSite=Lax").encode()
+
+    async def __call__(self, scope: Scope, send: Any) -> None:
+        now = time.time()
+        ua = cookie = gpc = dnt = lang = xff = proto = None
+        for name, value in scope["headers"]:
+            if name == b"user-agent":
+                ua = value
+            elif name == b"cookie":
+                cookie = value
+            elif name == b"sec-gpc":
+                gpc = value
+            elif name == b"dnt":
+                dnt = value
+            elif name == b"accept-language":
+                lang = value
+            elif name == b"x-forwarded-for":
+                xff = value
+            elif name == b"x-forwarded-proto":
+                proto = value
+        peer = scope.get("client")
+        peer_ip = peer[0] if peer else None
+        trusted_peer = bool(self._trusted) and xff is not None
+        ip = client_ip(
+            peer_ip, xff.decode("latin-1") if trusted_peer and xff else None, self._trusted
+        )
+        req = PixelRequest(
+            query=scope.get("query_string", b""),
+            user_agent=ua.decode("latin-1") if ua is not None else None,
+            ip=ip,
+            cookie_visitor_id=self._cookie_value(cookie),
+            gpc_header=gpc.decode("latin-1") if gpc is not None else None,
+            dnt_header=dnt.decode("latin-1") if dnt is not None else None,
+            accept_language=lang.decode("latin-1") if lang is not None else None,
+        )
+        set_cookie: str | None = None
+        try:
+            result = parse_pixel(req, self._policy, self._bots, now=now)
+            event = result.event
+            value = orjson.dumps(event)
+            if len(value) > self._max_event:
+                raise InvalidInputError("event_too_large", f"{len(value)} bytes")
+            self._delivery.submit(
+                self._topic, event_key(event["site_id"], event["visitor_id"]), value
+            )
+            self._stats.accepted["pixel"] += 1
+            set_cookie = result.set_cookie_visitor_id
+        except InvalidInputError as exc:
+            self._reject(exc.reason, exc.detail, req, now)
+        except BackpressureError:
+            self._stats.dropped += 1
+            log.error("pixel dropped: memory queue and spool are full")
+        except Exception as exc:
+            log.exception("pixel handling failed")
+            self._reject("internal_error", repr(exc), req, now)
+        self._stats.requests[("pixel", 200)] += 1
+        if set_cookie is None:
+            start: dict[str, Any] = _START_PLAIN
+        else:
+            secure = scope.get("scheme") == "https" or proto == b"https"
+            cookie_header = (
+                self._cookie_prefix
+                + set_cookie.encode()
+                + (self._cookie_secure if secure else self._cookie_plain)
+            )
+            start = {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_BASE_HEADERS, (b"set-cookie", cookie_header)],
+            }
+        await send(start)
+        await send(_EMPTY_BODY if scope.get("method") == "HEAD" else _BODY)
+
+    def _cookie_value(self, header: bytes | None) -> str | None:
+        if not header:
+            return None
+        for part in header.split(b";"):
+            part = part.strip()
+            if part.startswith(self._cookie_prefix):
+                return part[len(self._cookie_prefix) :].decode("latin-1")
+        return None
+
+    def _reject(self, reason: str, detail: str, req: PixelRequest, now: float) -> None:
+        self._stats.invalid[reason] += 1
+        site = _site_param(req.query)
+        record = invalid_record(reason, detail, req, now=now, site_id=site)
+        key = (site or str(record.get("request", {}).get("ip") or "")).encode()  # type: ignore[union-attr]
+        try:
+            self._delivery.submit(self._invalid_topic, key or None, orjson.dumps(record))
+        except BackpressureError:
+            self._stats.dropped += 1
+
+
+def _site_param(query: bytes) -> str | None:
+    for part in query.split(b"&"):
+        if part.startswith(b"site="):
+            value = part[5:].decode("latin-1")[:64]
+            return value or None
+    return None

@@ -1,0 +1,76 @@
+"""Run the ingest service with uvicorn (uvloop + httptools), one or several worker processes."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from leadback.ingest.app import IngestApp, create_app
+from leadback.kafka.config import producer_options, resolve_bootstrap
+from leadback.kafka.delivery import Delivery
+from leadback.kafka.producer import KafkaRecordProducer
+from leadback.kafka.spool import Spool
+from leadback.logs import configure_logging
+from leadback.settings import Settings, load_settings
+
+
+def build_delivery(settings: Settings) -> Delivery:
+    """Producer + disk spool + memory queue, as configured."""
+    bootstrap, embedded = resolve_bootstrap(settings)
+    ing = settings.ingest
+    producer = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
+    spool = Spool.open(
+        settings.spool_dir, max_bytes=ing.spool_max_bytes, segment_bytes=ing.spool_segment_bytes
+    )
+    return Delivery(
+        producer,
+        spool,
+        queue_max_events=ing.queue_max_events,
+        queue_max_bytes=ing.queue_max_bytes,
+        stall_s=ing.broker_stall_s,
+    )
+
+
+def app_factory() -> IngestApp:
+    """Entry point for uvicorn workers: each process reads the settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    return create_app(settings, build_delivery(settings))
+
+
+def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
+    """uvicorn settings for ingest (tests use it to run the server in process)."""
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.ingest.host,
+        port=settings.ingest.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
+        backlog=4096,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT: stop accepting, answer what is in flight, flush, exit."""
+    if settings.ingest.workers > 1:
+        uvicorn.run(
+            "leadback.ingest.server:app_factory",
+            factory=True,
+            workers=settings.ingest.workers,
+            host=settings.ingest.host,
+            port=settings.ingest.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
+        )
+        return
+    uvicorn.Server(uvicorn_config(settings, create_app(settings, build_delivery(settings)))).run()

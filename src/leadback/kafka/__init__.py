@@ -1,0 +1,1 @@
+"""Kafka adapters: producer delivery, consumer helpers, topics, the disk spool."""

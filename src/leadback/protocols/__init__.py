@@ -1,0 +1,1 @@
+"""Wire formats -> canonical event: one module per protocol ingest accepts."""

@@ -1,0 +1,359 @@
+"""The segmenter loop: fetch, batch per partition, record intent, insert, then commit.
+
+Exactly once into ClickHouse: the insert carries a deduplication token named after the batch's
+offset range, the range is recorded (intent) before the insert, and offsets are committed only
+after it. A crash anywhere in between makes the next owner of the partition rebuild the same
+range and retry with the same token, which ClickHouse drops if the first attempt had landed.
+ClickHouse unavailable: the loop pauses the partitions and retries the same batch with
+exponential backoff, polling the group meanwhile so it keeps its membership; nothing is
+committed, nothing skipped. A batch ClickHouse rejects as malformed is split: rows that are not
+canonical events go to the invalid topic with a reason, the rest is inserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import orjson
+
+from leadback import failpoints
+from leadback.clock import Clock, SystemClock
+from leadback.errors import (
+    BrokerUnavailableError,
+    RetryableError,
+    StoreRejectedError,
+)
+from leadback.events import format_ts
+from leadback.kafka.consumer import CommitFailed, GroupConsumer, Message
+from leadback.logs import get_logger
+from leadback.segmenter.batches import Intent, PartitionBatch
+from leadback.settings import SegmenterSettings
+from leadback.store.client import ClickHouseStore
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+REQUIRED_KEYS = ("event_id", "site_id", "visitor_id", "type", "received_at")
+InvalidSink = Callable[[bytes | None, bytes], Awaitable[None]]
+
+
+@dataclass
+class SegmenterStats:
+    """Counters read by the metrics collector."""
+
+    events_inserted: int = 0
+    batches_inserted: int = 0
+    batches_replayed: int = 0
+    insert_retries: int = 0
+    events_quarantined: int = 0
+    last_insert_seconds: float = 0.0
+
+
+class PartitionLost(Exception):
+    """The partition was revoked while its batch waited for ClickHouse: abandon the batch."""
+
+
+class Segmenter:
+    """One member of the segmenter consumer group."""
+
+    def __init__(
+        self,
+        settings: SegmenterSettings,
+        *,
+        topic: str,
+        store: ClickHouseStore,
+        consumer_factory: Callable[..., GroupConsumer],
+        invalid_sink: InvalidSink,
+        clock: Clock | None = None,
+    ) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._store = store
+        self._invalid_sink = invalid_sink
+        self._clock = clock or SystemClock()
+        self._batches: dict[int, PartitionBatch] = {}
+        self._unresolved: set[int] = set()  # assigned partitions whose intent is not looked up
+        self._consumer = consumer_factory(
+            topic,
+            group_id=settings.group_id,
+            on_assigned=self._on_assigned,
+            on_revoked=self._on_revoked,
+        )
+        self.stats = SegmenterStats()
+        self.running = False
+
+    # -- rebalance ------------------------------------------------------------------------
+
+    async def _on_assigned(self, partitions: set[int]) -> None:
+        self._unresolved |= partitions
+        log.info("partitions assigned", partitions=sorted(partitions))
+
+    async def _on_revoked(self, partitions: set[int]) -> None:
+        # Uncommitted batches are dropped: the new owner re-reads them from the committed
+        # offset and, through the intent, inserts exactly the same ranges.
+        for p in partitions:
+            self._batches.pop(p, None)
+            self._unresolved.discard(p)
+        log.info("partitions revoked", partitions=sorted(partitions))
+
+    async def _lookup_intent(self, partition: int, offset: int) -> Intent | None:
+        rows = await self._retrying(
+            "intent lookup",
+            lambda: self._store.query(
+                f"SELECT last_offset, first_timestamp, token FROM {self._store.database}."
+                "segmenter_batches FINAL WHERE consumer_group = {g:String} AND topic = {t:String}"
+                " AND partition = {p:UInt32} AND first_offset = {o:UInt64} LIMIT 1",
+                {"g": self._settings.group_id, "t": self._topic, "p": partition, "o": offset},
+            ),
+        )
+        if not rows:
+            return None
+        last, first_ts, token = rows[0]
+        return Intent(offset, int(last), int(first_ts), str(token))
+
+    # -- main loop ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then flush what is batched and leave the group."""
+        await self._consumer.start()
+        self.running = True
+        try:
+            while not stop.is_set():
+                await self._poll_once(self._poll_timeout_ms())
+                await self._flush_due(force=False)
+            if self._settings.drain_on_shutdown:
+                await self._drain()
+            await self._flush_due(force=True)
+        finally:
+            self.running = False
+            try:
+                await self._consumer.stop()
+            except BrokerUnavailableError as exc:
+                log.warning("consumer did not stop cleanly", error=str(exc))
+
+    def _poll_timeout_ms(self) -> int:
+        interval = self._settings.flush_interval_ms / 1000
+        if not self._batches:
+            return self._settings.flush_interval_ms
+        oldest = min(b.started for b in self._batches.values())
+        wait = max(0.0, oldest + interval - self._clock.monotonic())
+        return max(1, int(wait * 1000))
+
+    async def _poll_once(self, timeout_ms: int) -> None:
+        try:
+            fetched = await self._consumer.getmany(timeout_ms, self._settings.fetch_max_records)
+        except BrokerUnavailableError as exc:
+            log.warning("fetch failed; retrying", error=str(exc))
+            await asyncio.sleep(self._settings.retry_initial_s)
+            return
+        for partition, messages in fetched.items():
+            await self._accept(partition, messages)
+
+    async def _accept(self, partition: int, messages: list[Message]) -> None:
+        while messages:
+            batch = self._batches.get(partition)
+            if batch is None:
+                replay = None
+                if partition in self._unresolved:
+                    replay = await self._lookup_intent(partition, messages[0].offset)
+                    self._unresolved.discard(partition)
+                    if replay is not None:
+                        log.info(
+                            "replaying an intended batch",
+                            partition=partition,
+                            first=replay.first_offset,
+                            last=replay.last_offset,
+                        )
+                batch = PartitionBatch(
+                    self._topic, partition, started=self._clock.monotonic(), replay=replay
+                )
+                self._batches[partition] = batch
+            messages = batch.add(messages)
+            if batch.replay_complete or self._full(batch):
+                await self._flush(batch)
+
+    def _full(self, batch: PartitionBatch) -> bool:
+        return (
+            batch.count >= self._settings.batch_max_events
+            or batch.size >= self._settings.batch_max_bytes
+        )
+
+    async def _flush_due(self, *, force: bool) -> None:
+        interval = self._settings.flush_interval_ms / 1000
+        now = self._clock.monotonic()
+        for batch in list(self._batches.values()):
+            if batch.count and (force or now - batch.started >= interval):
+                if batch.replay is not None and not batch.replay_complete and not force:
+                    continue  # a replayed range must be re-formed whole to reuse its token
+                await self._flush(batch)
+
+    async def _drain(self) -> None:
+        """Consume to the current end of every assigned partition (embedded shutdown)."""
+        deadline = self._clock.monotonic() + self._settings.shutdown_timeout_s
+        try:
+            ends = await self._consumer.end_offsets(self._consumer.assignment())
+        except BrokerUnavailableError as exc:
+            log.warning("cannot drain: end offsets unknown", error=str(exc))
+            return
+        while self._clock.monotonic() < deadline:
+            positions = {p: await self._consumer.position(p) for p in ends}
+            if all(positions[p] >= end for p, end in ends.items()):
+                return
+            await self._poll_once(100)
+        log.warning("drain timed out", ends=ends)
+
+    # -- flush ----------------------------------------------------------------------------
+
+    async def _flush(self, batch: PartitionBatch) -> None:
+        if self._batches.get(batch.partition) is batch:
+            del self._batches[batch.partition]
+        if not batch.count:
+            return
+        token = batch.token
+        started = self._clock.monotonic()
+        try:
+            if batch.replay is None:
+                await self._retrying(
+                    "intent insert",
+                    lambda: self._write_intent(batch, token),
+                    partition=batch.partition,
+                )
+            try:
+                await self._retrying(
+                    "events insert",
+                    lambda: self._store.insert_json_rows(
+                        "events", batch.payload(), dedup_token=token
+                    ),
+                    partition=batch.partition,
+                )
+            except StoreRejectedError as exc:
+                log.error("batch rejected; checking rows one by one", token=token, error=str(exc))
+                await self._quarantine(batch, token)
+        except PartitionLost:
+            log.warning(
+                "partition revoked during retries; batch left to its new owner",
+                partition=batch.partition,
+                token=token,
+            )
+            return
+        failpoints.hit("segmenter.after_insert")
+        try:
+            await self._consumer.commit({batch.partition: batch.last_offset + 1})
+        except (CommitFailed, BrokerUnavailableError) as exc:
+            # Harmless: whoever reads the range again replays it with the same token.
+            log.warning("commit failed after insert", partition=batch.partition, error=str(exc))
+        self.stats.events_inserted += batch.count
+        self.stats.batches_inserted += 1
+        if batch.replay is not None:
+            self.stats.batches_replayed += 1
+        self.stats.last_insert_seconds = self._clock.monotonic() - started
+        log.debug("batch inserted", partition=batch.partition, events=batch.count, token=token)
+
+    async def _write_intent(self, batch: PartitionBatch, token: str) -> None:
+        row = orjson.dumps(
+            {
+                "consumer_group": self._settings.group_id,
+                "topic": self._topic,
+                "partition": batch.partition,
+                "first_offset": batch.first_offset,
+                "last_offset": batch.last_offset,
+                "first_timestamp": batch.first_timestamp,
+                "records": batch.count,
+                "token": token,
+            }
+        )
+        await self._store.insert_json_rows("segmenter_batches", row, dedup_token=f"intent:{token}")
+
+    async def _quarantine(self, batch: PartitionBatch, token: str) -> None:
+        good: list[bytes] = []
+        for value in batch.values:
+            reason = _invalid_reason(value)
+            if reason is None:
+                good.append(value)
+            else:
+                await self._invalid_sink(None, _invalid_record(reason, value))
+                self.stats.events_quarantined += 1
+        if good:
+            try:
+                await self._retrying(
+                    "filtered insert",
+                    partition=batch.partition,
+                    call=lambda: self._store.insert_json_rows(
+                        "events", b"\n".join(good), dedup_token=f"{token}/filtered"
+                    ),
+                )
+            except StoreRejectedError as exc:
+                # Every row looks canonical yet the engine refuses them: keep them visible.
+                log.error("filtered batch still rejected", token=token, error=str(exc))
+                for value in good:
+                    await self._invalid_sink(
+                        None, _invalid_record("store_rejected", value, str(exc))
+                    )
+                self.stats.events_quarantined += len(good)
+
+    async def _retrying(
+        self, what: str, call: Callable[[], Awaitable[T]], *, partition: int | None = None
+    ) -> T:
+        """Run ``call`` until it succeeds or fails permanently; keep the group alive meanwhile.
+
+        Raises :class:`PartitionLost` if ``partition`` is revoked while waiting.
+        """
+        delay = self._settings.retry_initial_s
+        paused: set[int] = set()
+        try:
+            while True:
+                try:
+                    return await call()
+                except RetryableError as exc:
+                    self.stats.insert_retries += 1
+                    log.warning(
+                        "store unavailable; retrying", what=what, delay=delay, error=str(exc)
+                    )
+                    if not paused:
+                        paused = self._consumer.assignment()
+                        self._consumer.pause(paused)
+                    await self._wait_polling(delay)
+                    if partition is not None and partition not in self._consumer.assignment():
+                        raise PartitionLost(what) from exc
+                    delay = min(delay * 2, self._settings.retry_max_s)
+        finally:
+            if paused:
+                self._consumer.resume(paused & self._consumer.assignment())
+
+    async def _wait_polling(self, seconds: float) -> None:
+        # Polling a paused consumer returns nothing but keeps the member in its group.
+        deadline = self._clock.monotonic() + seconds
+        while (left := deadline - self._clock.monotonic()) > 0:
+            try:
+                await self._consumer.getmany(int(min(left, 1.0) * 1000) + 1, 1)
+            except BrokerUnavailableError:
+                await asyncio.sleep(min(left, 0.5))
+
+
+def _invalid_reason(value: bytes) -> str | None:
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return "not_json"
+    if not isinstance(obj, dict):
+        return "not_an_object"
+    for key in REQUIRED_KEYS:
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            return f"missing_{key}"
+    return None
+
+
+def _invalid_record(reason: str, value: bytes, detail: str = "") -> bytes:
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail[:1000],
+            "source": "segmenter",
+            "received_at": format_ts(),
+            "raw": value[:8192].decode("utf-8", "replace"),
+        }
+    )

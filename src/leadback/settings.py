@@ -1,0 +1,268 @@
+"""All Leadback settings: one pydantic-settings class, ``LEADBACK_*`` environment variables.
+
+Nested sections map to ``LEADBACK_<SECTION>_<FIELD>``, e.g. ``LEADBACK_KAFKA_BOOTSTRAP`` or
+``LEADBACK_CLICKHOUSE_URL``. Secrets are ``SecretStr`` and can come from files, for Docker and
+Kubernetes secrets: ``LEADBACK_<NAME>_FILE=/path`` reads ``LEADBACK_<NAME>`` from that file, and
+every file in ``$LEADBACK_SECRETS_DIR`` named like a variable (``leadback_clickhouse_password``)
+is read as that variable. A variable set directly wins over a file.
+The defaults give the embedded mode (``leadback up``): embedded broker, chDB in ``.leadback/``.
+``environment=production`` refuses the embedded-only conveniences at start-up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from leadback.errors import ConfigError
+
+EMBEDDED = "embedded"
+DEMO_SITE = "demo"
+DEMO_WRITE_KEY = "demo-write-key"
+
+ConsentDefault = Literal["granted", "denied"]
+Compression = Literal["none", "gzip", "lz4", "zstd"]
+
+
+class KafkaSettings(BaseModel):
+    """The Kafka cluster (or the embedded broker) and the topics."""
+
+    bootstrap: str = Field(
+        EMBEDDED,
+        description="host:port list, or 'embedded' for the broker started by `leadback up`",
+    )
+    client_id: str = "leadback"
+    idempotent: bool | None = Field(
+        None,
+        description="idempotent producer; default on for a real cluster, off for embedded "
+        "(the embedded broker rejects InitProducerId)",
+    )
+    linger_ms: int = Field(5, ge=0, le=1000)
+    max_batch_bytes: int = Field(1_048_576, ge=16_384, le=16_777_216)
+    compression: Compression = "lz4"
+    request_timeout_ms: int = Field(15_000, ge=1000, le=300_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    topic_events: str = "leadback.events.v1"
+    topic_invalid: str = "leadback.events.invalid.v1"
+    topic_changes: str = "leadback.audiences.changes.v1"
+    topic_dead: str = "leadback.dispatch.dead.v1"
+    partitions: int = Field(6, ge=1, le=1024, description="partitions for topics Leadback creates")
+    embedded_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 = any free")
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.bootstrap == EMBEDDED
+
+    def producer_idempotent(self, *, embedded_broker: bool) -> bool:
+        if self.idempotent is not None:
+            return self.idempotent
+        return not embedded_broker
+
+
+class ClickHouseSettings(BaseModel):
+    """ClickHouse: ``chdb://<dir>`` in process, or ``http(s)://host:port`` for a server."""
+
+    url: str = "chdb://.leadback/chdb"
+    database: str = Field("leadback", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    username: str = "default"
+    password: SecretStr = SecretStr("")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    query_timeout_s: float = Field(120.0, gt=0)
+    events_ttl_days: int = Field(395, ge=1, le=36_500)
+    dedup_window_blocks: int = Field(10_000, ge=100, le=1_000_000)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("chdb://", "http://", "https://")):
+            raise ValueError("must start with chdb://, http:// or https://")
+        return v
+
+    @property
+    def is_chdb(self) -> bool:
+        return self.url.startswith("chdb://")
+
+
+class SiteSettings(BaseModel):
+    """One website sending events."""
+
+    write_key: SecretStr = Field(description="key for POST /v1/events and the Segment protocol")
+    consent_default: ConsentDefault | None = Field(
+        None, description="overrides ingest.consent_default for this site"
+    )
+
+
+class IngestSettings(BaseModel):
+    """The HTTP ingest service."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=256)
+    cookie_name: str = Field("lb_vid", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    cookie_domain: str | None = None
+    cookie_max_age_days: int = Field(365, ge=1, le=400)
+    consent_default: ConsentDefault = Field(
+        "granted", description="consent assumed when a pixel carries no consent parameter"
+    )
+    honor_dnt: bool = Field(True, description="treat `DNT: 1` like `Sec-GPC: 1`")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="CIDRs whose X-Forwarded-For is believed"
+    )
+    max_query_bytes: int = Field(8192, ge=512, le=65_536)
+    max_event_bytes: int = Field(32_768, ge=1024, le=1_048_576)
+    max_batch_bytes: int = Field(512_000, ge=1024, le=16_777_216)
+    max_batch_events: int = Field(1000, ge=1, le=100_000)
+    queue_max_events: int = Field(200_000, ge=100)
+    queue_max_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
+    spool_dir: Path | None = Field(None, description="default: <data_dir>/spool")
+    spool_max_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
+    spool_segment_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024)
+    broker_stall_s: float = Field(
+        3.0, gt=0, description="unacknowledged sends older than this mark the broker away"
+    )
+    shutdown_timeout_s: float = Field(15.0, gt=0)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for cidr in v:
+            ipaddress.ip_network(cidr, strict=False)
+        return v
+
+
+class SegmenterSettings(BaseModel):
+    """The segmenter consumer group."""
+
+    group_id: str = "leadback-segmenter"
+    batch_max_events: int = Field(50_000, ge=1)
+    batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    flush_interval_ms: int = Field(250, ge=10, le=60_000)
+    fetch_max_records: int = Field(20_000, ge=1)
+    retry_initial_s: float = Field(0.2, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    drain_on_shutdown: bool = Field(
+        False, description="on SIGTERM, consume to the end of the topic first (embedded mode)"
+    )
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = off")
+    metrics_host: str = "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    """Every setting of every service. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LEADBACK_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
+
+    environment: Literal["embedded", "production"] = "embedded"
+    data_dir: Path = Path(".leadback")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+    kafka: KafkaSettings = KafkaSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    ingest: IngestSettings = IngestSettings()
+    segmenter: SegmenterSettings = SegmenterSettings()
+    sites: dict[str, SiteSettings] = Field(
+        default_factory=lambda: {DEMO_SITE: SiteSettings(write_key=SecretStr(DEMO_WRITE_KEY))}
+    )
+    site_registry: Path | None = Field(
+        None, description="YAML/JSON file {site_id: {write_key: ...}}; replaces `sites`"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _EnvAndSecretFiles(settings_cls))
+
+    @model_validator(mode="after")
+    def _load_registry_and_check(self) -> Settings:
+        if self.site_registry is not None:
+            self.sites = _read_site_registry(self.site_registry)
+        for site_id in self.sites:
+            if not site_id or len(site_id) > 64:
+                raise ValueError(f"site id {site_id!r} must be 1..64 characters")
+        if self.environment == "production":
+            if self.kafka.is_embedded:
+                raise ValueError("production needs LEADBACK_KAFKA_BOOTSTRAP (not 'embedded')")
+            for site_id, site in self.sites.items():
+                if site.write_key.get_secret_value() == DEMO_WRITE_KEY:
+                    raise ValueError(f"site {site_id!r} uses the demo write key in production")
+                if len(site.write_key.get_secret_value()) < 16:
+                    raise ValueError(f"site {site_id!r}: write keys need 16+ characters")
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.ingest.spool_dir or self.data_dir / "spool"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where `leadback up` writes the embedded broker's address for other commands."""
+        return self.data_dir / "run"
+
+
+class _EnvAndSecretFiles(EnvSettingsSource):
+    """Environment variables, plus variables whose values live in files (see module doc)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = dict(super()._load_env_vars())  # keys are lower-cased
+        from_files: dict[str, str] = {}
+        secrets_dir = os.environ.get("LEADBACK_SECRETS_DIR")
+        if secrets_dir and Path(secrets_dir).is_dir():
+            for path in Path(secrets_dir).iterdir():
+                if path.name.lower().startswith("leadback_") and path.is_file():
+                    from_files[path.name.lower()] = path.read_text().strip()
+        for name, value in list(env.items()):
+            if name.endswith("_file") and name.startswith("leadback_") and value:
+                target = name.removesuffix("_file")
+                if target != "leadback_site_registry":
+                    from_files[target] = Path(value).read_text().strip()
+        return {**from_files, **{k: v for k, v in env.items() if v is not None}}
+
+
+def _read_site_registry(path: Path) -> dict[str, SiteSettings]:
+    try:
+        raw: Any = (
+            orjson.loads(path.read_bytes())
+            if path.suffix == ".json"
+            else yaml.safe_load(path.read_text())
+        )
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read site registry {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"site registry {path} must map site ids to settings")
+    return {str(k): SiteSettings.model_validate(v) for k, v in raw.items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment (and secret files); raise ``ConfigError`` if bad."""
+    try:
+        return Settings(**overrides)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,1 @@
+"""ClickHouse: the clickhouse-connect adapter (chdb:// or http://) and the schema migrations."""

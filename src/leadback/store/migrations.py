@@ -1,0 +1,94 @@
+"""Versioned schema migrations, applied in order by the services that own the tables.
+
+Each ``migrations/NNNN_name.sql`` file holds statements separated by ``;`` with ``{db}``,
+``{ttl_days}`` and ``{dedup_window}`` placeholders. Applied versions are recorded in
+``schema_migrations``; statements are idempotent (``IF NOT EXISTS``), so two services starting
+at once are harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from leadback.logs import get_logger
+from leadback.store.client import ClickHouseStore
+
+log = get_logger(__name__)
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_TTL = re.compile(r"INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self, **params: object) -> list[str]:
+        body = "\n".join(
+            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        return [s.strip().format(**params) for s in body.split(";") if s.strip()]
+
+
+def available() -> list[Migration]:
+    """Every migration shipped with the package, oldest first."""
+    found: list[Migration] = []
+    for entry in resources.files("leadback.store").joinpath("migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(store: ClickHouseStore) -> list[int]:
+    """Apply the migrations not applied yet; return their versions. Also keeps the events TTL
+    equal to the configured one."""
+    db = store.database
+    await store.connect()
+    await store.command(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {int(r[0]) for r in await store.query(f"SELECT version FROM {db}.schema_migrations")}
+    params = {
+        "db": db,
+        "ttl_days": store.settings.events_ttl_days,
+        "dedup_window": store.settings.dedup_window_blocks,
+    }
+    applied: list[int] = []
+    for migration in available():
+        if migration.version in done:
+            continue
+        for statement in migration.statements(**params):
+            await store.command(statement)
+        await store.command(
+            f"INSERT INTO {db}.schema_migrations (version, name) VALUES "
+            f"({migration.version}, '{migration.name}')"
+        )
+        applied.append(migration.version)
+        log.info("migration applied", version=migration.version, name=migration.name)
+    await _ensure_events_ttl(store)
+    return applied
+
+
+async def _ensure_events_ttl(store: ClickHouseStore) -> None:
+    rows = await store.query(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} "
+        "AND name = 'events'",
+        {"db": store.database},
+    )
+    if not rows:
+        return
+    match = _TTL.search(str(rows[0][0]))
+    wanted = store.settings.events_ttl_days
+    if match and int(match.group(1)) != wanted:
+        await store.command(
+            f"ALTER TABLE {store.database}.events "
+            f"MODIFY TTL toDateTime(received_at) + INTERVAL {wanted} DAY"
+        )
+        log.info("events TTL changed", days=wanted)

@@ -1,0 +1,118 @@
+"""A real segmenter process SIGKILLed between the ClickHouse insert and the Kafka commit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from leadback import events as ev
+from leadback.kafka.config import producer_options
+from leadback.kafka.producer import KafkaRecordProducer
+from leadback.settings import Settings
+from tests.conftest import run_sql_in_subprocess
+
+pytestmark = pytest.mark.integration
+
+
+def canonical(i: int, now: float) -> dict[str, object]:
+    return {
+        "schema_version": 1,
+        "event_id": f"crash-{i}",
+        "site_id": "demo",
+        "visitor_id": f"v{i % 13}",
+        "type": "page_view",
+        "name": None,
+        "sent_at": None,
+        "received_at": ev.format_ts(now),
+        "anonymous_id": f"v{i % 13}",
+        "user_id": None,
+        "traits": {},
+        "url": f"https://shop.example/{i}",
+        "referrer": None,
+        "utm": ev.empty_utm(),
+        "click_ids": ev.empty_click_ids(),
+        "properties": {},
+        "context": {"user_agent": "UA", "ip": "198.51.100.0", "language": None},
+        "consent": {
+            "status": "granted",
+            "purposes": ["all"],
+            "gpc": False,
+            "dnt": False,
+            "tracking": True,
+        },
+        "bot": False,
+        "source": "json",
+    }
+
+
+def segmenter_env(settings: Settings, chdb: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        LEADBACK_KAFKA_BOOTSTRAP=settings.kafka.bootstrap,
+        LEADBACK_KAFKA_IDEMPOTENT="false",
+        LEADBACK_KAFKA_TOPIC_EVENTS=settings.kafka.topic_events,
+        LEADBACK_KAFKA_TOPIC_INVALID=settings.kafka.topic_invalid,
+        LEADBACK_CLICKHOUSE_URL=f"chdb://{chdb}",
+        LEADBACK_SEGMENTER_GROUP_ID=settings.segmenter.group_id,
+        LEADBACK_SEGMENTER_FLUSH_INTERVAL_MS="200",
+        LEADBACK_SEGMENTER_BATCH_MAX_EVENTS="400",
+        LEADBACK_SEGMENTER_METRICS_PORT="0",
+        LEADBACK_SEGMENTER_DRAIN_ON_SHUTDOWN="true",
+        LEADBACK_LOG_LEVEL="info",
+        LEADBACK_LOG_JSON="true",
+    )
+    env.update(extra)
+    return env
+
+
+async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
+    topics: Settings, tmp_path: Path
+) -> None:
+    n = 2000
+    now = time.time()
+    producer = KafkaRecordProducer(
+        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
+    )
+    await producer.start()
+    futures = []
+    for i in range(n):
+        event = canonical(i, now)
+        key = ev.event_key("demo", str(event["visitor_id"]))
+        futures.append(await producer.send(topics.kafka.topic_events, key, orjson.dumps(event)))
+    for f in futures:
+        await f
+    await producer.stop()
+
+    chdb = tmp_path / "seg-chdb"
+    cmd = [sys.executable, "-m", "leadback", "segmenter"]
+    crashed = subprocess.run(
+        cmd,
+        env=segmenter_env(topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_insert=kill"),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    # The first batch landed but its offsets were never committed.
+    landed = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events"))
+    assert 0 < landed <= 400
+
+    survivor = subprocess.Popen(
+        cmd, env=segmenter_env(topics, chdb), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    time.sleep(8)
+    survivor.send_signal(signal.SIGTERM)
+    _, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err.decode()[-3000:]
+    assert b"replaying an intended batch" in err
+    total = run_sql_in_subprocess(
+        chdb, "SELECT count(), uniqExact(event_id) FROM leadback.events"
+    )
+    assert total.split() == [str(n), str(n)]
