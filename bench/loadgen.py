@@ -32,8 +32,12 @@ class LoadResult:
 
 
 async def _connection(
-    host: str, port: int, make_request: Callable[[int], bytes], stop_at: float,
-    result: LoadResult, counter: list[int],
+    host: str,
+    port: int,
+    make_request: Callable[[int], bytes],
+    stop_at: float,
+    result: LoadResult,
+    counter: list[int],
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -59,8 +63,12 @@ async def _connection(
 
 
 async def run_load(
-    host: str, port: int, make_request: Callable[[int], bytes], *,
-    connections: int, seconds: float,
+    host: str,
+    port: int,
+    make_request: Callable[[int], bytes],
+    *,
+    connections: int,
+    seconds: float,
 ) -> LoadResult:
     """Send requests on ``connections`` keep-alive connections for ``seconds``."""
     result = LoadResult()

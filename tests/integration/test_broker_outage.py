@@ -58,7 +58,8 @@ async def test_pause_broker_under_load_loses_nothing(
     ok_ids: list[str] = []
     try:
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=5,
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=5,
             limits=httpx.Limits(max_connections=16),
         ) as client:
             await wait_ready(client, 200, 30)
@@ -105,7 +106,8 @@ async def test_pause_broker_under_load_loses_nothing(
         f"recovered {recovered_in:.1f}s after resume"
     )
     assert p99 < 0.25, f"pixel p99 {p99 * 1000:.1f} ms during the outage"
-    delivered = {e["event_id"] for e in await read_topic(topics.kafka.bootstrap,
-                                                          topics.kafka.topic_events)}
+    delivered = {
+        e["event_id"] for e in await read_topic(topics.kafka.bootstrap, topics.kafka.topic_events)
+    }
     missing = set(ok_ids) - delivered
     assert not missing, f"{len(missing)} of {len(ok_ids)} answered pixels never reached Kafka"

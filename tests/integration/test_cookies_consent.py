@@ -65,8 +65,10 @@ async def test_cookie_set_refreshed_and_withheld_by_consent(topics: Settings) ->
         r = await client.get("/p.gif?site=shop&eid=c9&consent=granted", headers=headers)
         assert "set-cookie" in r.headers
         await asyncio.sleep(0.3)
-    got = {e["event_id"]: e for e in await read_topic(topics.kafka.bootstrap,
-                                                      topics.kafka.topic_events)}
+    got = {
+        e["event_id"]: e
+        for e in await read_topic(topics.kafka.bootstrap, topics.kafka.topic_events)
+    }
     assert got["c2"]["anonymous_id"] == vid
     assert got["c2"]["visitor_id"] == vid
     for eid in ("c5", "c6", "c7", "c8"):

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.integration
 
 
 def _children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=True
+    ).stdout
     pairs = [tuple(int(x) for x in line.split()) for line in out.splitlines() if line.strip()]
     found, frontier = [], [pid]
     while frontier:

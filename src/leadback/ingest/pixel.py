@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from leadback.enrich.bots import BotDetector
-from leadback.enrich.ip import client_ip, parse_networks
+from leadback.enrich.ip import client_ip, parse_networks, truncate_ip
 from leadback.errors import BackpressureError, InvalidInputError
 from leadback.events import event_key
 from leadback.ingest.sites import SiteRegistry
@@ -162,7 +162,7 @@ class PixelHandler:
         self._stats.invalid[reason] += 1
         site = _site_param(req.query)
         record = invalid_record(reason, detail, req, now=now, site_id=site)
-        key = (site or str(record.get("request", {}).get("ip") or "")).encode()  # type: ignore[union-attr]
+        key = (site or truncate_ip(req.ip or "") or "").encode()
         try:
             self._delivery.submit(self._invalid_topic, key or None, orjson.dumps(record))
         except BackpressureError:

@@ -49,6 +49,7 @@ def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
         access_log=False,
         log_level="warning",
         server_header=False,
+        proxy_headers=False,  # X-Forwarded-* is believed only from trusted_proxies (ours)
         date_header=False,
         timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
         backlog=4096,
@@ -69,6 +70,7 @@ def serve(settings: Settings) -> None:
             access_log=False,
             log_level="warning",
             server_header=False,
+        proxy_headers=False,  # X-Forwarded-* is believed only from trusted_proxies (ours)
             date_header=False,
             timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
         )

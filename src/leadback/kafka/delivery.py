@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -153,7 +154,7 @@ class Delivery:
         deadline = self._clock.monotonic() + timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._queue and not self._spooling:
+                while self._queue and not self._spooling:  # noqa: ASYNC110 - drained by a task
                     await asyncio.sleep(0.01)
                 if not self._spooling:
                     await self._producer.flush()
@@ -198,11 +199,9 @@ class Delivery:
                 self._enter_spooling(f"send failed: {exc!r}")
                 continue
             self._inflight.append((self._clock.monotonic(), future))
-            future.add_done_callback(lambda f, r=record, t=queued_at: self._delivered(f, r, t))
+            future.add_done_callback(functools.partial(self._on_done, record, queued_at))
 
-    def _delivered(
-        self, future: asyncio.Future[Any], record: SpoolRecord, queued_at: float
-    ) -> None:
+    def _on_done(self, record: SpoolRecord, queued_at: float, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
             self.stats.send_failures += 1
             try:

@@ -12,11 +12,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from leadback.enrich.bots import BotDetector
-from leadback.enrich.ip import truncate_ip
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from leadback import events as ev
+from leadback.enrich.bots import BotDetector
+from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
 from leadback.ids import uuid7
 
