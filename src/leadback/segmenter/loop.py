@@ -172,7 +172,13 @@ class Segmenter:
                     self._topic, partition, started=self._clock.monotonic(), replay=replay
                 )
                 self._batches[partition] = batch
-            messages = batch.add(messages)
+            if batch.replay is None:
+                # Cap at the configured size; the rest starts the next batch.
+                room = max(1, self._settings.batch_max_events - batch.count)
+                messages, later = messages[:room], messages[room:]
+                messages = batch.add(messages) + later
+            else:
+                messages = batch.add(messages)
             if batch.replay_complete or self._full(batch):
                 await self._flush(batch)
 
