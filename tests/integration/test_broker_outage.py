@@ -49,7 +49,7 @@ async def test_pause_broker_under_load_loses_nothing(
         LEADBACK_INGEST_PORT=str(port),
         LEADBACK_INGEST_BROKER_STALL_S="1",
         LEADBACK_DATA_DIR=str(topics.data_dir),
-        LEADBACK_LOG_LEVEL="warning",
+        LEADBACK_LOG_LEVEL="info",
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "leadback", "ingest"], env=env, stderr=subprocess.PIPE
@@ -96,7 +96,9 @@ async def test_pause_broker_under_load_loses_nothing(
         broker.resume()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()[-3000:]
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -15 is a clean exit here.
+    assert proc.returncode in (0, -signal.SIGTERM), err.decode()[-3000:]
+    assert b"delivery closed" in err, err.decode()[-3000:]
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[int(len(latencies) * 0.99)]
