@@ -70,7 +70,7 @@ def serve(settings: Settings) -> None:
             access_log=False,
             log_level="warning",
             server_header=False,
-        proxy_headers=False,  # X-Forwarded-* is believed only from trusted_proxies (ours)
+            proxy_headers=False,  # X-Forwarded-* is believed only from trusted_proxies (ours)
             date_header=False,
             timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
         )
