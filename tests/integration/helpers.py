@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from leadback.kafka.config import common_options, producer_options
-from leadback.kafka.consumer import GroupConsumer
+from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.segmenter.loop import Segmenter
+from leadback.segmenter.service import build_segmenter
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
@@ -83,19 +83,7 @@ async def run_segmenter(settings: Settings, store: ClickHouseStore) -> AsyncIter
     invalid = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=True))
     await invalid.start()
 
-    async def send_invalid(key: bytes | None, value: bytes) -> None:
-        await (await invalid.send(settings.kafka.topic_invalid, key, value))
-
-    def consumer(topic: str, **kwargs: Any) -> GroupConsumer:
-        return GroupConsumer(topic, **kwargs, **common_options(settings.kafka, bootstrap))
-
-    seg = Segmenter(
-        settings.segmenter,
-        topic=settings.kafka.topic_events,
-        store=store,
-        consumer_factory=consumer,
-        invalid_sink=send_invalid,
-    )
+    seg = build_segmenter(settings, store, bootstrap, invalid)
     stop = asyncio.Event()
     task = asyncio.create_task(seg.run(stop))
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
 
 from leadback.ingest.app import IngestApp, create_app
@@ -37,23 +39,27 @@ def app_factory() -> IngestApp:
     return create_app(settings, build_delivery(settings))
 
 
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "host": settings.ingest.host,
+        "port": settings.ingest.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_level": "warning",
+        "server_header": False,
+        "date_header": False,
+        # X-Forwarded-* is believed only from LEADBACK_INGEST_TRUSTED_PROXIES, by us.
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": int(settings.ingest.shutdown_timeout_s),
+        "backlog": 4096,
+    }
+
+
 def uvicorn_config(settings: Settings, app: object) -> uvicorn.Config:
     """uvicorn settings for ingest (tests use it to run the server in process)."""
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=settings.ingest.host,
-        port=settings.ingest.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,  # X-Forwarded-* is believed only from trusted_proxies (ours)
-        date_header=False,
-        timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
-        backlog=4096,
-    )
+    return uvicorn.Config(app, **_uvicorn_options(settings))  # type: ignore[arg-type]
 
 
 def serve(settings: Settings) -> None:
@@ -63,16 +69,7 @@ def serve(settings: Settings) -> None:
             "leadback.ingest.server:app_factory",
             factory=True,
             workers=settings.ingest.workers,
-            host=settings.ingest.host,
-            port=settings.ingest.port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-            server_header=False,
-            proxy_headers=False,  # X-Forwarded-* is believed only from trusted_proxies (ours)
-            date_header=False,
-            timeout_graceful_shutdown=int(settings.ingest.shutdown_timeout_s),
+            **_uvicorn_options(settings),
         )
         return
     uvicorn.Server(uvicorn_config(settings, create_app(settings, build_delivery(settings)))).run()

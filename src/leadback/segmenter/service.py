@@ -60,17 +60,10 @@ def _samples(seg: Segmenter) -> Iterable[Sample]:
     )
 
 
-async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``), then flush, commit and leave the group."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    bootstrap, embedded = resolve_bootstrap(settings)
-    store = ClickHouseStore(settings.clickhouse)
-    await migrate(store)
-    invalid = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
-    await invalid.start()
+def build_segmenter(
+    settings: Settings, store: ClickHouseStore, bootstrap: str, invalid: KafkaRecordProducer
+) -> Segmenter:
+    """A segmenter on the configured topic whose rejected rows go to the invalid topic."""
 
     async def send_invalid(key: bytes | None, value: bytes) -> None:
         try:
@@ -82,13 +75,27 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
     def consumer(topic: str, **kwargs: Any) -> GroupConsumer:
         return GroupConsumer(topic, **kwargs, **common_options(settings.kafka, bootstrap))
 
-    seg = Segmenter(
+    return Segmenter(
         settings.segmenter,
         topic=settings.kafka.topic_events,
         store=store,
         consumer_factory=consumer,
         invalid_sink=send_invalid,
     )
+
+
+async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then flush, commit and leave the group."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bootstrap, embedded = resolve_bootstrap(settings)
+    store = ClickHouseStore(settings.clickhouse)
+    await migrate(store)
+    invalid = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
+    await invalid.start()
+    seg = build_segmenter(settings, store, bootstrap, invalid)
     if settings.segmenter.metrics_port:
         registry = CollectorRegistry()
         registry.register(CallbackCollector(lambda: _samples(seg)))
