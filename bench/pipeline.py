@@ -32,6 +32,7 @@ from leadback.kafka.config import common_options, producer_options
 from leadback.kafka.consumer import GroupConsumer
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics
+from leadback.logs import configure_logging
 from leadback.segmenter.loop import Segmenter
 from leadback.settings import ClickHouseSettings, KafkaSettings, SegmenterSettings
 from leadback.store.client import ClickHouseStore
@@ -141,8 +142,12 @@ async def one_round(
     )
     _pin(0, CORE_SERVER)
     stop = asyncio.Event()
-    t0 = time.perf_counter()
     task = asyncio.create_task(seg.run(stop))
+    # Time the consuming, not the consumer-group join (a few seconds on the embedded broker).
+    join_start = time.perf_counter()
+    while not seg.assignment and time.perf_counter() - join_start < 60:
+        await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
     while seg.stats.events_inserted < load.requests and time.perf_counter() - t0 < 300:
         await asyncio.sleep(0.05)
     seg_seconds = time.perf_counter() - t0
@@ -180,6 +185,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
+    configure_logging("warning")
     _pin(0, CORE_CLIENT)
     results = []
     with tempfile.TemporaryDirectory(prefix="leadback-bench-") as tmp, EmbeddedBroker() as broker:

@@ -86,6 +86,11 @@ class Segmenter:
         self.stats = SegmenterStats()
         self.running = False
 
+    @property
+    def assignment(self) -> set[int]:
+        """Partitions this member owns now."""
+        return self._consumer.assignment()
+
     # -- rebalance ------------------------------------------------------------------------
 
     async def _on_assigned(self, partitions: set[int]) -> None:
