@@ -81,6 +81,30 @@ def segmenter() -> None:
         raise typer.Exit(1) from exc
 
 
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="a ClickHouse query")]) -> None:
+    """Run a query on Leadback's ClickHouse (with chDB: while the stack is stopped, since one
+    process owns the data directory). Prints tab-separated rows."""
+    from leadback.store.client import ClickHouseStore
+
+    settings = _settings()
+
+    async def run() -> None:
+        store = ClickHouseStore(settings.clickhouse)
+        try:
+            await store.connect()
+            for row in await store.query(query):
+                typer.echo("\t".join(str(v) for v in row))
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    except LeadbackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 @events_app.command("tail")
 def events_tail(
     invalid: Annotated[bool, typer.Option("--invalid", help="follow the invalid topic")] = False,

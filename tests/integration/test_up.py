@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import free_port, run_sql_in_subprocess
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,18 @@ def test_up_serves_a_pixel_into_clickhouse_and_stops_cleanly(tmp_path: Path) -> 
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not (data / "run" / "broker.json").exists()
-    rows = run_sql_in_subprocess(
-        data / "chdb", "SELECT count() FROM leadback.events WHERE event_id = 'up-1'"
-    )
+    rows = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leadback",
+            "sql",
+            "SELECT count() FROM leadback.events WHERE event_id = 'up-1'",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
     assert rows == "1"
