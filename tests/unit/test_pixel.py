@@ -675,3 +675,22 @@ def test_events_serialize_with_exactly_the_canonical_keys(params: dict[str, str]
     assert list(decoded["click_ids"]) == list(ev.ClickIds.__annotations__)
     assert list(decoded["context"]) == list(ev.Context.__annotations__)
     assert list(decoded["consent"]) == list(ev.Consent.__annotations__)
+
+
+def test_invalid_record_never_carries_trait_values_in_clear() -> None:
+    from leadback.protocols.pixel import PixelRequest, invalid_record
+
+    req = PixelRequest(
+        query=b"site=nope&tr.email=ann%40example.com&tr%2Ephone=%2B4912345&p.x=1",
+        user_agent="UA",
+        ip="203.0.113.9",
+        cookie_visitor_id=None,
+        gpc_header=None,
+        dnt_header=None,
+        accept_language=None,
+    )
+    record = invalid_record("unknown_site", "", req, now=1.8e9, site_id="nope")
+    query = record["request"]["query"]  # type: ignore[index]
+    assert "example.com" not in query
+    assert "12345" not in query
+    assert query == "site=nope&tr.email=[redacted]&tr%2Ephone=[redacted]&p.x=1"

@@ -424,6 +424,16 @@ def parse_pixel(
     return PixelResult(event, set_cookie)
 
 
+def _redact_traits(query: str) -> str:
+    # Traits carry contact details (e-mail, phone): never in clear on the invalid topic.
+    parts = query.split("&")
+    for i, part in enumerate(parts):
+        key, sep, _ = part.partition("=")
+        if sep and key.lower().startswith(("tr.", "tr%2e")):
+            parts[i] = f"{key}=[redacted]"
+    return "&".join(parts)
+
+
 def invalid_record(
     reason: str, detail: str, req: PixelRequest, *, now: float, site_id: str | None
 ) -> dict[str, object]:
@@ -436,7 +446,7 @@ def invalid_record(
         "site_id": site_id,
         "request": {
             # latin-1 maps each byte to one character: any bytes decode, nothing is lost.
-            "query": req.query[:INVALID_QUERY_CHARS].decode("latin-1"),
+            "query": _redact_traits(req.query[:INVALID_QUERY_CHARS].decode("latin-1")),
             "user_agent": req.user_agent[: ev.MAX_USER_AGENT] if req.user_agent else None,
             "ip": truncate_ip(req.ip) if req.ip else None,
         },
