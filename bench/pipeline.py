@@ -28,13 +28,12 @@ import orjson
 
 from bench.loadgen import run_load
 from leadback.broker import EmbeddedBroker, free_port
-from leadback.kafka.config import common_options, producer_options
-from leadback.kafka.consumer import GroupConsumer
+from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics
 from leadback.logs import configure_logging
-from leadback.segmenter.loop import Segmenter
-from leadback.settings import ClickHouseSettings, KafkaSettings, SegmenterSettings
+from leadback.segmenter.service import build_segmenter
+from leadback.settings import ClickHouseSettings, KafkaSettings, SegmenterSettings, Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
@@ -124,22 +123,17 @@ async def one_round(
         ClickHouseSettings(url=f"chdb://{workdir / 'chdb'}", database=f"bench_{rid}")
     )
     await migrate(store)
-    kafka = KafkaSettings(bootstrap=broker.bootstrap, topic_events=topic)
-    invalid = KafkaRecordProducer(**producer_options(kafka, broker.bootstrap, embedded=True))
-    await invalid.start()
-
-    async def send_invalid(key: bytes | None, value: bytes) -> None:
-        await (await invalid.send(f"bench-invalid-{rid}", key, value))
-
-    seg = Segmenter(
-        SegmenterSettings(group_id=f"bench-{rid}", metrics_port=0),
-        topic=topic,
-        store=store,
-        consumer_factory=lambda t, **kw: GroupConsumer(
-            t, **kw, **common_options(kafka, broker.bootstrap)
+    settings = Settings(
+        kafka=KafkaSettings(
+            bootstrap=broker.bootstrap, topic_events=topic, topic_invalid=f"bench-invalid-{rid}"
         ),
-        invalid_sink=send_invalid,
+        segmenter=SegmenterSettings(group_id=f"bench-{rid}", metrics_port=0),
     )
+    invalid = KafkaRecordProducer(
+        **producer_options(settings.kafka, broker.bootstrap, embedded=True)
+    )
+    await invalid.start()
+    seg = build_segmenter(settings, store, broker.bootstrap, invalid)
     _pin(0, CORE_SERVER)
     stop = asyncio.Event()
     task = asyncio.create_task(seg.run(stop))

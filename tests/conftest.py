@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import subprocess
 import sys
@@ -56,43 +55,38 @@ def make_settings(
     """Settings pointing at the session broker and chDB, with this test's own names."""
 
     def make(**overrides: Any) -> Settings:
-        env_backup = dict(os.environ)
-        try:
-            base: dict[str, Any] = {
-                "data_dir": tmp_path / "data",
-                "kafka": {
-                    "bootstrap": broker.bootstrap,
-                    "idempotent": False,
-                    "topic_events": f"events-{unique}",
-                    "topic_invalid": f"invalid-{unique}",
-                    "topic_changes": f"changes-{unique}",
-                    "topic_dead": f"dead-{unique}",
-                    "partitions": 3,
-                    "linger_ms": 2,
-                },
-                "clickhouse": {"url": f"chdb://{chdb_dir}", "database": f"t_{unique}"},
-                "ingest": {"port": 0, "broker_stall_s": 1.0, "shutdown_timeout_s": 10},
-                "segmenter": {
-                    "group_id": f"seg-{unique}",
-                    "flush_interval_ms": 100,
-                    "metrics_port": 0,
-                },
-                "sites": {
-                    "demo": SiteSettings(write_key=SecretStr(WRITE_KEY)),
-                    "shop": SiteSettings(
-                        write_key=SecretStr("shop-key-0123456789abcdef"), consent_default="denied"
-                    ),
-                },
-            }
-            for key, value in overrides.items():
-                if isinstance(value, dict) and isinstance(base.get(key), dict):
-                    base[key] = {**base[key], **value}
-                else:
-                    base[key] = value
-            return load_settings(**base)
-        finally:
-            os.environ.clear()
-            os.environ.update(env_backup)
+        base: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "kafka": {
+                "bootstrap": broker.bootstrap,
+                "idempotent": False,
+                "topic_events": f"events-{unique}",
+                "topic_invalid": f"invalid-{unique}",
+                "topic_changes": f"changes-{unique}",
+                "topic_dead": f"dead-{unique}",
+                "partitions": 3,
+                "linger_ms": 2,
+            },
+            "clickhouse": {"url": f"chdb://{chdb_dir}", "database": f"t_{unique}"},
+            "ingest": {"port": 0, "broker_stall_s": 1.0, "shutdown_timeout_s": 10},
+            "segmenter": {
+                "group_id": f"seg-{unique}",
+                "flush_interval_ms": 100,
+                "metrics_port": 0,
+            },
+            "sites": {
+                "demo": SiteSettings(write_key=SecretStr(WRITE_KEY)),
+                "shop": SiteSettings(
+                    write_key=SecretStr("shop-key-0123456789abcdef"), consent_default="denied"
+                ),
+            },
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return load_settings(**base)
 
     return make
 

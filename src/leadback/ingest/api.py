@@ -42,13 +42,14 @@ class IngestContext:
         delivery: Delivery,
         stats: IngestStats,
         registry: CollectorRegistry,
+        bots: BotDetector,
     ) -> None:
         self.settings = settings
         self.sites = sites
         self.delivery = delivery
         self.stats = stats
         self.registry = registry
-        self.bots = BotDetector()
+        self.bots = bots
         self.trusted = parse_networks(settings.ingest.trusted_proxies)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
 
+from leadback.enrich.bots import BotDetector
 from leadback.ingest.api import IngestContext, build_api
 from leadback.ingest.pixel import PixelHandler
 from leadback.ingest.sites import SiteRegistry
@@ -56,7 +57,8 @@ def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
         registry=registry,
     )
     delivery.set_latency_observer(latency.observe)
-    ctx = IngestContext(settings, sites, delivery, stats, registry)
+    bots = BotDetector()  # one user-agent cache for the pixel and the API
+    ctx = IngestContext(settings, sites, delivery, stats, registry, bots)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -72,4 +74,4 @@ def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
             await delivery.close(settings.ingest.shutdown_timeout_s)
 
     api = build_api(ctx, lifespan)
-    return IngestApp(PixelHandler(settings, sites, delivery, stats), api, delivery)
+    return IngestApp(PixelHandler(settings, sites, delivery, stats, bots), api, delivery)

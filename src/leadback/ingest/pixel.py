@@ -51,7 +51,12 @@ class PixelHandler:
     """The ASGI handler for the pixel route."""
 
     def __init__(
-        self, settings: Settings, sites: SiteRegistry, delivery: Delivery, stats: IngestStats
+        self,
+        settings: Settings,
+        sites: SiteRegistry,
+        delivery: Delivery,
+        stats: IngestStats,
+        bots: BotDetector,
     ) -> None:
         ing = settings.ingest
         self._delivery = delivery
@@ -67,7 +72,7 @@ class PixelHandler:
             honor_dnt=ing.honor_dnt,
             max_query_bytes=ing.max_query_bytes,
         )
-        self._bots = BotDetector()
+        self._bots = bots
         self._cookie_name = ing.cookie_name.encode()
         self._cookie_prefix = ing.cookie_name.encode() + b"="
         attrs = f"; Max-Age={ing.cookie_max_age_days * 86400}; Path=/"
