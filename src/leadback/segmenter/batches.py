@@ -33,6 +33,7 @@ class PartitionBatch:
     started: float  # monotonic time of the first record
     replay: Intent | None = None
     values: list[bytes] = field(default_factory=list)
+    keys: set[bytes] = field(default_factory=set)  # site_id:visitor_id of the events
     first_offset: int = -1
     last_offset: int = -1
     first_timestamp: int = 0
@@ -62,6 +63,8 @@ class PartitionBatch:
                 self.first_timestamp = m.timestamp
             self.last_offset = m.offset
             self.values.append(m.value)
+            if m.key is not None:
+                self.keys.add(m.key)
             self.size += len(m.value)
         return rest
 

@@ -13,9 +13,9 @@ canonical events go to the invalid topic with a reason, the rest is inserted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import orjson
 
@@ -23,6 +23,7 @@ from leadback import failpoints
 from leadback.clock import Clock, SystemClock
 from leadback.errors import (
     BrokerUnavailableError,
+    PermanentError,
     RetryableError,
     StoreRejectedError,
 )
@@ -41,6 +42,14 @@ REQUIRED_KEYS = ("event_id", "site_id", "visitor_id", "type", "received_at")
 InvalidSink = Callable[[bytes | None, bytes], Awaitable[None]]
 
 
+class BatchObserver(Protocol):
+    """Runs after a batch is in ClickHouse and before its offsets are committed (audiences)."""
+
+    async def on_batch(
+        self, keys: Iterable[bytes], values: Sequence[bytes], token: str
+    ) -> None: ...
+
+
 @dataclass
 class SegmenterStats:
     """Counters read by the metrics collector."""
@@ -50,6 +59,7 @@ class SegmenterStats:
     batches_replayed: int = 0
     insert_retries: int = 0
     events_quarantined: int = 0
+    observer_failures: int = 0
     last_insert_seconds: float = 0.0
 
 
@@ -69,11 +79,13 @@ class Segmenter:
         consumer_factory: Callable[..., GroupConsumer],
         invalid_sink: InvalidSink,
         clock: Clock | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._settings = settings
         self._topic = topic
         self._store = store
         self._invalid_sink = invalid_sink
+        self._observer = observer
         self._clock = clock or SystemClock()
         self._batches: dict[int, PartitionBatch] = {}
         self._unresolved: set[int] = set()  # assigned partitions whose intent is not looked up
@@ -252,6 +264,8 @@ class Segmenter:
             )
             return
         failpoints.hit("segmenter.after_insert")
+        if self._observer is not None and not await self._observe(batch, token):
+            return
         try:
             await self._consumer.commit({batch.partition: batch.last_offset + 1})
         except (CommitFailed, BrokerUnavailableError) as exc:
@@ -263,6 +277,27 @@ class Segmenter:
             self.stats.batches_replayed += 1
         self.stats.last_insert_seconds = self._clock.monotonic() - started
         log.debug("batch inserted", partition=batch.partition, events=batch.count, token=token)
+
+    async def _observe(self, batch: PartitionBatch, token: str) -> bool:
+        """Run the observer; False if the partition was lost meanwhile (nothing committed)."""
+        observer = self._observer
+        assert observer is not None
+        try:
+            await self._retrying(
+                "audience evaluation",
+                lambda: observer.on_batch(batch.keys, batch.values, token),
+                partition=batch.partition,
+            )
+        except PartitionLost:
+            log.warning("partition revoked during evaluation", partition=batch.partition)
+            return False
+        except PermanentError as exc:
+            # A statement the engine refuses will not pass on retry; the events are stored
+            # and the next batch or timer pass of these persons evaluates them again.
+            self.stats.observer_failures += 1
+            log.error("audience evaluation failed", token=token, error=str(exc))
+        failpoints.hit("segmenter.after_evaluation")
+        return True
 
     async def _write_intent(self, batch: PartitionBatch, token: str) -> None:
         row = orjson.dumps(

@@ -1,0 +1,1 @@
+"""Audiences: rules as data, compiled to ClickHouse SQL, evaluated incrementally."""

@@ -1,0 +1,64 @@
+"""Audience changes: the records of ``leadback.audiences.changes.v1`` and how they are sent.
+
+One record per membership transition, keyed ``site_id:visitor_id`` (``visitor_id`` is the
+person: an anonymous visitor id, or ``u:<user_id>`` once identified). ``version`` grows by one
+with every transition of that (audience, person), so a consumer keeps the highest version it
+has applied and ignores anything not above it: delivery is at least once. The schema is in
+``docs/asyncapi.yaml``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, TypedDict
+
+import orjson
+
+from leadback.events import format_ts
+
+SCHEMA_VERSION = 1
+ChangeKind = Literal["enter", "exit", "update"]
+
+
+class ChangeRecord(TypedDict):
+    schema_version: int
+    change_id: str
+    site_id: str
+    audience_id: str
+    audience_version: int
+    visitor_id: str
+    change: str
+    reason: str
+    version: int
+    at: str
+    entered_at: str | None
+    products: list[str]
+
+
+def change_record(row: dict[str, Any]) -> ChangeRecord:
+    """A change-log row (``audience_changes``) -> the topic record."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "change_id": f"{row['audience_id']}:{row['person_id']}:{row['version']}",
+        "site_id": row["site_id"],
+        "audience_id": row["audience_id"],
+        "audience_version": int(row["audience_version"]),
+        "visitor_id": row["person_id"],
+        "change": row["change"],
+        "reason": row["reason"],
+        "version": int(row["version"]),
+        "at": format_ts(int(row["at"]) / 1000),
+        "entered_at": format_ts(int(row["entered_at"]) / 1000) if row["entered_at"] else None,
+        "products": list(row["products"]),
+    }
+
+
+def encode(record: ChangeRecord) -> tuple[bytes, bytes]:
+    """(key, value) for the change topic."""
+    return f"{record['site_id']}:{record['visitor_id']}".encode(), orjson.dumps(record)
+
+
+class ChangePublisher(Protocol):
+    """Sends change records and returns once the broker acknowledged all of them."""
+
+    async def publish(self, records: Sequence[ChangeRecord]) -> None: ...

@@ -1,0 +1,167 @@
+"""The identity graph: which *person* each visitor id belongs to, so audiences see one person.
+
+* An event with both ``anonymous_id`` A and ``user_id`` U (an ``identify``, or any event sent by
+  a signed-in visitor) links A to the person of ``u:U``. If A was a person of its own, A's
+  whole history moves; if A already belonged to another user (a shared device), only A moves.
+* ``alias`` with ``properties.previous_id`` X and ``user_id`` U merges the persons of X and of
+  ``u:X`` into the person of ``u:U`` (Segment's ``alias(previousId, userId)``).
+* A visitor without a row is a person of its own; ``u:U`` is the person of user U unless an
+  alias merged it elsewhere.
+
+Rows live in ``identities`` (ReplacingMergeTree by version): each move writes the visitor's new
+person. Links are few compared with events, so this runs in Python on the few events that carry
+them; everything per event stays in ClickHouse.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import orjson
+
+from leadback.store.client import ClickHouseStore
+
+
+@dataclass(frozen=True)
+class Link:
+    """``visitor`` belongs to user ``user_id``; ``merge`` moves the whole person (alias)."""
+
+    visitor: str
+    user_id: str
+    merge: bool = False
+
+    @property
+    def target(self) -> str:
+        return f"u:{self.user_id}"
+
+
+class _Versions:
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, time.time_ns())
+        return self._last
+
+
+class IdentityGraph:
+    """Reads and updates ``identities`` for one database."""
+
+    def __init__(self, store: ClickHouseStore) -> None:
+        self._store = store
+        self._db = store.database
+        self._versions = _Versions()
+
+    async def persons_of(self, site: str, visitors: Iterable[str]) -> dict[str, str]:
+        """visitor -> person, for each of ``visitors`` (a visitor without a row is itself)."""
+        wanted = sorted(set(visitors))
+        found = {v: v for v in wanted}
+        if not wanted:
+            return found
+        rows = await self._store.query(
+            f"SELECT visitor_id, argMax(person_id, version) FROM {self._db}.identities "
+            "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} GROUP BY visitor_id",
+            {"s": site, "v": wanted},
+        )
+        found.update({str(r[0]): str(r[1]) for r in rows})
+        return found
+
+    async def visitors_of(self, site: str, persons: Iterable[str]) -> dict[str, set[str]]:
+        """person -> its visitor ids (the person id itself included)."""
+        wanted = sorted(set(persons))
+        found: dict[str, set[str]] = {p: {p} for p in wanted}
+        if not wanted:
+            return found
+        rows = await self._store.query(
+            f"SELECT visitor_id, person FROM (SELECT visitor_id, argMax(person_id, version) "
+            f"AS person FROM {self._db}.identities WHERE site_id = {{s:String}} "
+            "GROUP BY visitor_id) WHERE person IN {p:Array(String)}",
+            {"s": site, "p": wanted},
+        )
+        for visitor, person in rows:
+            found[str(person)].add(str(visitor))
+        return found
+
+    async def apply(self, site: str, links: list[Link]) -> tuple[set[str], set[str]]:
+        """Apply links in order; return (persons that lost visitors, visitors that moved)."""
+        if not links:
+            return set(), set()
+        ids = {link.visitor for link in links} | {link.target for link in links}
+        ids |= {f"u:{link.visitor}" for link in links if link.merge}
+        person = await self.persons_of(site, ids)
+        pending = [
+            link for link in links if link.merge or person[link.visitor] != person[link.target]
+        ]
+        if not pending:
+            return set(), set()
+        olds = {person[link.visitor] for link in pending}
+        olds |= {person[f"u:{link.visitor}"] for link in pending if link.merge}
+        members = await self.visitors_of(site, olds)
+        moved: dict[str, str] = {}
+        lost: set[str] = set()
+
+        def move(visitors: Iterable[str], target: str, old: str) -> None:
+            for v in visitors:
+                if person.get(v) != target:
+                    person[v] = target
+                    moved[v] = target
+            members.setdefault(target, {target}).update(visitors)
+            lost.add(old)
+
+        for link in pending:
+            target = person[link.target]
+            sources = [person[link.visitor]]
+            if link.merge:
+                sources.append(person[f"u:{link.visitor}"])
+            for old in sources:
+                if old == target:
+                    continue
+                group = members.pop(old, {old})
+                if link.merge or not old.startswith("u:"):
+                    move(group, target, old)
+                else:
+                    # A device shared with another user: only this visitor changes hands.
+                    move([link.visitor], target, old)
+                    members[old] = group - {link.visitor}
+        if moved:
+            rows = b"\n".join(
+                orjson.dumps(
+                    {
+                        "site_id": site,
+                        "visitor_id": v,
+                        "person_id": p,
+                        "version": self._versions.next(),
+                    }
+                )
+                for v, p in sorted(moved.items())
+            )
+            await self._store.insert_json_rows(
+                "identities", rows, dedup_token=f"identities:{site}:{time.time_ns()}"
+            )
+        return lost, set(moved)
+
+    async def forget(self, site: str, visitors: Iterable[str]) -> None:
+        """Erase the rows of these visitors (erasure requests)."""
+        await self._store.command(
+            f"DELETE FROM {self._db}.identities WHERE site_id = {{s:String}} "
+            "AND (visitor_id IN {v:Array(String)} OR person_id IN {v:Array(String)})",
+            {"s": site, "v": sorted(set(visitors))},
+        )
+
+
+def links_from_event(event: dict[str, object]) -> Link | None:
+    """The link an event carries, if any (see the module docstring)."""
+    user_id = event.get("user_id")
+    if not isinstance(user_id, str) or not user_id:
+        return None
+    if event.get("type") == "alias":
+        props = event.get("properties")
+        previous = props.get("previous_id") if isinstance(props, dict) else None
+        if isinstance(previous, str) and previous and previous != user_id:
+            return Link(previous, user_id, merge=True)
+    anonymous_id = event.get("anonymous_id")
+    if isinstance(anonymous_id, str) and anonymous_id:
+        return Link(anonymous_id, user_id)
+    return None
