@@ -74,6 +74,7 @@ def make_settings(
                 "flush_interval_ms": 100,
                 "metrics_port": 0,
             },
+            "admin": {"port": 0},
             "sites": {
                 "demo": SiteSettings(write_key=SecretStr(WRITE_KEY)),
                 "shop": SiteSettings(

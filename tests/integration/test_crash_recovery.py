@@ -64,6 +64,8 @@ def segmenter_env(settings: Settings, chdb: Path, **extra: str) -> dict[str, str
         LEADBACK_SEGMENTER_FLUSH_INTERVAL_MS="200",
         LEADBACK_SEGMENTER_BATCH_MAX_EVENTS="400",
         LEADBACK_SEGMENTER_METRICS_PORT="0",
+        LEADBACK_ADMIN_PORT="0",
+        LEADBACK_KAFKA_TOPIC_CHANGES=settings.kafka.topic_changes,
         LEADBACK_SEGMENTER_DRAIN_ON_SHUTDOWN="true",
         LEADBACK_LOG_LEVEL="info",
         LEADBACK_LOG_JSON="true",

@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from leadback import failpoints
 from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_record
 from leadback.audiences.compiler import compile_rule
 from leadback.audiences.query import COLUMNS, EvaluationQuery, VersionedAudience, build_evaluation
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec, references
 from leadback.clock import Clock, SystemClock
-from leadback.errors import BrokerUnavailableError
+from leadback.errors import BrokerUnavailableError, LeadbackError
 from leadback.identity.graph import IdentityGraph, Link, links_from_event
 from leadback.logs import get_logger
 from leadback.store.client import ClickHouseStore
@@ -102,8 +103,15 @@ class AudienceEngine:
             await self._republish_unacknowledged()
             await self._reconcile()
 
-    async def run(self, stop: asyncio.Event, *, interval_s: float) -> None:
-        """Call :meth:`tick` every ``interval_s`` (sooner after a definition changed)."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        interval_s: float,
+        leader: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Call :meth:`tick` every ``interval_s`` (sooner after a definition changed) while
+        ``leader()`` says this process is the one to run timer passes."""
         while not stop.is_set():
             waiter = asyncio.create_task(self.changed.wait())
             stopper = asyncio.create_task(stop.wait())
@@ -116,14 +124,18 @@ class AudienceEngine:
                 return
             self.changed.clear()
             try:
-                await self.tick()
-            except (OSError, RuntimeError) as exc:  # pragma: no cover - logged, retried next tick
+                await self.tick(leader=leader())
+            except LeadbackError as exc:
+                # Store or broker trouble: the same pass runs again next tick.
                 log.error("audience tick failed", error=str(exc))
 
-    async def tick(self) -> None:
-        """Reconcile definitions, run the due pass, sweep the outbox now and then."""
+    async def tick(self, *, leader: bool = True) -> None:
+        """Reload definitions; as the leader also re-evaluate changed ones, run the due pass
+        and sweep the outbox now and then."""
         async with self._lock:
-            await self._reconcile()
+            await self._reconcile(refresh=leader)
+            if not leader:
+                return
             await self._due_pass()
             if self._clock.monotonic() - self._last_sweep >= _SWEEP_EVERY_S:
                 await self._republish_unacknowledged()
@@ -316,6 +328,7 @@ class AudienceEngine:
             await self._store.insert_json_rows(
                 "memberships", b"\n".join(memberships), dedup_token=f"memberships:{token}"
             )
+        failpoints.hit("audiences.before_publish")
         if changes:
             self.stats.changes += len(changes)
             await self._publish(token, [change_record(c) for c in changes])
@@ -368,7 +381,7 @@ class AudienceEngine:
 
     # -- definitions ----------------------------------------------------------------------
 
-    async def _reconcile(self) -> None:
+    async def _reconcile(self, *, refresh: bool = True) -> None:
         stored = await self.repository.all(include_deleted=True)
         evaluated = await self.repository.evaluated_versions()
         active: dict[str, list[StoredAudience]] = {}
@@ -378,6 +391,8 @@ class AudienceEngine:
         if active != self._audiences:
             self._audiences = active
             self._queries.clear()
+        if not refresh:
+            return
         stale = [a for a in stored if evaluated.get((a.spec.site, a.spec.id)) != a.version]
         for site in sorted({a.spec.site for a in stale}):
             site_stale = [a for a in stale if a.spec.site == site]

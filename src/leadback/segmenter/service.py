@@ -7,8 +7,12 @@ import signal
 from collections.abc import Iterable
 from typing import Any
 
+import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 
+from leadback.asgi_server import EmbeddedServer
+from leadback.audiences.engine import AudienceEngine
+from leadback.audiences.publisher import KafkaChangePublisher
 from leadback.errors import BrokerUnavailableError
 from leadback.kafka.config import common_options, producer_options, resolve_bootstrap
 from leadback.kafka.consumer import GroupConsumer
@@ -23,8 +27,34 @@ from leadback.store.migrations import migrate
 log = get_logger(__name__)
 
 
-def _samples(seg: Segmenter) -> Iterable[Sample]:
+def _samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
     st = seg.stats
+    if engine is not None:
+        au = engine.stats
+        yield Sample(
+            "leadback_audience_evaluations", "evaluation statements run", "counter", au.evaluations
+        )
+        yield Sample(
+            "leadback_audience_changes", "membership changes logged", "counter", au.changes
+        )
+        yield Sample(
+            "leadback_audience_changes_published",
+            "changes acknowledged by the broker",
+            "counter",
+            au.changes_published,
+        )
+        yield Sample(
+            "leadback_audience_publish_failures",
+            "change batches left in the outbox for the sweep",
+            "counter",
+            au.publish_failures,
+        )
+        yield Sample(
+            "leadback_audience_last_evaluation_seconds",
+            "duration of the last evaluation",
+            "gauge",
+            au.last_evaluation_seconds,
+        )
     yield Sample(
         "leadback_segmenter_events_inserted",
         "events written to ClickHouse",
@@ -60,8 +90,19 @@ def _samples(seg: Segmenter) -> Iterable[Sample]:
     )
 
 
+def build_engine(
+    settings: Settings, store: ClickHouseStore, producer: KafkaRecordProducer
+) -> AudienceEngine:
+    """The audience engine publishing to the change topic through ``producer``."""
+    return AudienceEngine(store, KafkaChangePublisher(producer, settings.kafka.topic_changes))
+
+
 def build_segmenter(
-    settings: Settings, store: ClickHouseStore, bootstrap: str, invalid: KafkaRecordProducer
+    settings: Settings,
+    store: ClickHouseStore,
+    bootstrap: str,
+    invalid: KafkaRecordProducer,
+    engine: AudienceEngine | None = None,
 ) -> Segmenter:
     """A segmenter on the configured topic whose rejected rows go to the invalid topic."""
 
@@ -81,6 +122,7 @@ def build_segmenter(
         store=store,
         consumer_factory=consumer,
         invalid_sink=send_invalid,
+        observer=engine,
     )
 
 
@@ -93,12 +135,15 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
     bootstrap, embedded = resolve_bootstrap(settings)
     store = ClickHouseStore(settings.clickhouse)
     await migrate(store)
-    invalid = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
-    await invalid.start()
-    seg = build_segmenter(settings, store, bootstrap, invalid)
+    producer = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
+    await producer.start()
+    engine = build_engine(settings, store, producer) if settings.audiences.enabled else None
+    if engine is not None:
+        await engine.start()
+    seg = build_segmenter(settings, store, bootstrap, producer, engine)
     if settings.segmenter.metrics_port:
         registry = CollectorRegistry()
-        registry.register(CallbackCollector(lambda: _samples(seg)))
+        registry.register(CallbackCollector(lambda: _samples(seg, engine)))
         start_http_server(
             settings.segmenter.metrics_port, settings.segmenter.metrics_host, registry=registry
         )
@@ -107,10 +152,52 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
         bootstrap=bootstrap,
         group=settings.segmenter.group_id,
         clickhouse=settings.clickhouse.url.split("@")[-1],
+        audiences=engine is not None,
     )
+    side: list[asyncio.Task[None]] = []
+    if engine is not None:
+        # Timer passes and rule changes run on the member that owns partition 0, so a scaled-out
+        # group evaluates them once.
+        side.append(
+            asyncio.create_task(
+                engine.run(
+                    stop,
+                    interval_s=settings.audiences.timer_interval_ms / 1000,
+                    leader=lambda: 0 in seg.assignment,
+                )
+            )
+        )
+        if settings.admin.port:
+            side.append(asyncio.create_task(_serve_admin(settings, engine, store, stop)))
     try:
         await seg.run(stop)
     finally:
-        await invalid.stop()
+        stop.set()
+        for task in side:
+            await task
+        await producer.stop()
         await store.close()
         log.info("segmenter stopped", **seg.stats.__dict__)
+
+
+async def _serve_admin(
+    settings: Settings, engine: AudienceEngine, store: ClickHouseStore, stop: asyncio.Event
+) -> None:
+    """The admin API in this process: with chDB, only this process may open the store."""
+    from leadback.admin.app import create_admin_app
+
+    app = create_admin_app(settings, engine, store)
+    config = uvicorn.Config(
+        app,
+        host=settings.admin.host,
+        port=settings.admin.port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve())
+    log.info("admin API listening", url=f"http://{settings.admin.host}:{settings.admin.port}")
+    await stop.wait()
+    server.should_exit = True
+    await task
