@@ -10,11 +10,13 @@ Hierarchy (callers catch by what they should *do*, not by which library failed):
     │   ├── BrokerUnavailableError  Kafka cannot be reached or timed out
     │   └── StoreUnavailableError   ClickHouse cannot be reached or timed out
     ├── PermanentError              retrying the same thing will fail the same way
-    │   └── StoreRejectedError      ClickHouse refused the data or the statement
+    │   ├── StoreRejectedError      ClickHouse refused the data or the statement
+    │   └── ContactDecryptError     a contact token does not decrypt with any configured key
     └── BackpressureError           the local buffers are full; ``retry_after`` seconds
 
 Adapters translate third-party errors into these with ``raise ... from exc``, so nothing
-above ``leadback.kafka`` or ``leadback.store`` imports aiokafka or clickhouse-connect errors.
+above ``leadback.kafka`` or ``leadback.store`` imports aiokafka or clickhouse-connect errors
+(nor anything above ``leadback.identity`` cryptography's).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class StoreRejectedError(PermanentError):
     def __init__(self, message: str, *, code: int | None = None) -> None:
         self.code = code
         super().__init__(message)
+
+
+class ContactDecryptError(PermanentError):
+    """An encrypted contact detail is corrupt or was made with a key no longer configured."""
 
 
 class BackpressureError(LeadbackError):

@@ -7,22 +7,33 @@ every file in ``$LEADBACK_SECRETS_DIR`` named like a variable (``leadback_clickh
 is read as that variable. A variable set directly wins over a file.
 The defaults give the embedded mode (``leadback up``): embedded broker, chDB in ``.leadback/``.
 ``environment=production`` refuses the embedded-only conveniences at start-up.
+Errors never echo the values read (they may be secrets): only where and what is wrong.
 """
 
 from __future__ import annotations
 
+import binascii
 import ipaddress
 import os
+from base64 import urlsafe_b64decode
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -164,6 +175,91 @@ class SegmenterSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
 
 
+class IdentitySettings(BaseModel):
+    """Contact details in traits: the keys that encrypt them, the region for local phones."""
+
+    contact_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Fernet keys (32 url-safe base64 bytes), comma-separated or a JSON list; "
+        "the first encrypts, all decrypt. Empty in embedded mode: a generated key in "
+        "<data_dir>/secrets/contact_key. Required in production",
+    )
+    default_phone_region: str | None = Field(
+        None,
+        pattern=r"^[A-Z]{2}$",
+        description="ISO 3166 alpha-2 region for phone numbers written without +country code",
+    )
+
+    @field_validator("contact_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        # Never raise here: pydantic would echo the raw (secret) input in the error.
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    return [text]
+            return [k for k in text.replace(",", " ").split() if k]
+        return v
+
+    @field_validator("contact_keys")
+    @classmethod
+    def _fernet_keys(cls, v: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(v, 1):
+            try:
+                ok = len(urlsafe_b64decode(key.get_secret_value().encode())) == 32
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"key {i} is not a Fernet key (32 url-safe base64 bytes)")
+        return v
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, v: str | None) -> str | None:
+        import phonenumbers  # only here: settings load fast when the region is unset
+
+        if v is not None and v not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{v!r} is not a region phone numbers are known for")
+        return v
+
+
+class AudienceSettings(BaseModel):
+    """Audience evaluation in the segmenter."""
+
+    enabled: bool = Field(True, description="evaluate audiences after each batch and on a timer")
+    timer_interval_ms: int = Field(
+        1000, ge=50, le=60_000, description="timer pass: due persons, rule changes"
+    )
+
+
+class AdminSettings(BaseModel):
+    """The admin API (audiences, members, erasure), served next to the ClickHouse owner."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=0, le=65535, description="0 = not served")
+    tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="bearer tokens, comma-separated or a JSON list. Empty in embedded mode: a "
+        "generated token in <data_dir>/secrets/admin_token. Required in production",
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    return orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    return [text]
+            return [k for k in text.replace(",", " ").split() if k]
+        return v
+
+
 class Settings(BaseSettings):
     """Every setting of every service. Build with :func:`load_settings`."""
 
@@ -182,6 +278,9 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     ingest: IngestSettings = IngestSettings()
     segmenter: SegmenterSettings = SegmenterSettings()
+    identity: IdentitySettings = IdentitySettings()
+    audiences: AudienceSettings = AudienceSettings()
+    admin: AdminSettings = AdminSettings()
     sites: dict[str, SiteSettings] = Field(
         default_factory=lambda: {DEMO_SITE: SiteSettings(write_key=SecretStr(DEMO_WRITE_KEY))}
     )
@@ -215,6 +314,12 @@ class Settings(BaseSettings):
                     raise ValueError(f"site {site_id!r} uses the demo write key in production")
                 if len(site.write_key.get_secret_value()) < 16:
                     raise ValueError(f"site {site_id!r}: write keys need 16+ characters")
+            if any(len(t.get_secret_value()) < 24 for t in self.admin.tokens) or (
+                self.admin.port and not self.admin.tokens
+            ):
+                raise ValueError("production needs LEADBACK_ADMIN_TOKENS of 24+ characters each")
+            if not self.identity.contact_keys:
+                raise ValueError("production needs LEADBACK_IDENTITY_CONTACT_KEYS")
         return self
 
     @property
@@ -260,9 +365,20 @@ def _read_site_registry(path: Path) -> dict[str, SiteSettings]:
     return {str(k): SiteSettings.model_validate(v) for k, v in raw.items()}
 
 
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {msg}" if where else msg
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment (and secret files); raise ``ConfigError`` if bad."""
     try:
         return Settings(**overrides)
+    except ValidationError as exc:
+        # Not ``str(exc)`` and not chained: pydantic's text echoes the input, secrets included.
+        problems = "; ".join(
+            _problem(e["loc"], e["msg"]) for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
     except (ValueError, OSError) as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.segmenter.loop import Segmenter
-from leadback.segmenter.service import build_segmenter
+from leadback.segmenter.service import build_engine, build_segmenter
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
@@ -83,12 +83,22 @@ async def run_segmenter(settings: Settings, store: ClickHouseStore) -> AsyncIter
     invalid = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=True))
     await invalid.start()
 
-    seg = build_segmenter(settings, store, bootstrap, invalid)
+    engine = build_engine(settings, store, invalid) if settings.audiences.enabled else None
+    if engine is not None:
+        await engine.start()
+    seg = build_segmenter(settings, store, bootstrap, invalid, engine)
     stop = asyncio.Event()
     task = asyncio.create_task(seg.run(stop))
+    timer = None
+    if engine is not None:
+        timer = asyncio.create_task(
+            engine.run(stop, interval_s=settings.audiences.timer_interval_ms / 1000)
+        )
     try:
         yield seg
     finally:
         stop.set()
         await task
+        if timer is not None:
+            await timer
         await invalid.stop()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
 from leadback.errors import InvalidInputError
+from leadback.identity.contacts import CONTACT_ALIASES, ContactCipher, sha256_hex
 from leadback.ids import is_visitor_id
 from leadback.protocols.pixel import (
     PIXEL_REASONS,
@@ -33,12 +34,15 @@ CHROME = (
     "Chrome/126.0.0.0 Safari/537.36"
 )
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+CIPHER = ContactCipher([ContactCipher.generate_key()])
 POLICY = PixelPolicy(
     known_sites=frozenset({"demo", "shop"}),
     consent_default_by_site={"shop": "denied"},
     consent_default="granted",
     honor_dnt=True,
     max_query_bytes=8192,
+    contact_cipher=CIPHER,
+    default_phone_region="US",
 )
 EVENT_KEYS = list(ev.CanonicalEvent.__annotations__)
 
@@ -223,11 +227,40 @@ def test_property_values_are_typed(bots: BotDetector, raw: str, typed: object) -
 def test_property_keys_and_traits(bots: BotDetector) -> None:
     event = parse(
         bots,
-        "site=demo&type=identify&uid=user%2042&p.a.b-c_1=x&tr.email=a%40b.example&tr.phone=0123",
+        "site=demo&type=identify&uid=user%2042&p.a.b-c_1=x&tr.plan=pro&tr.age=42"
+        "&tr.email=Ann%40B.example&tr.phone=(415)+555-0123&tr.fn=Ann",
     ).event
     assert event["properties"] == {"a.b-c_1": "x"}
-    assert event["traits"] == {"email": "a@b.example", "phone": "0123"}  # traits stay strings
+    traits = event["traits"]
+    assert set(traits) == {
+        "plan", "age", "email_sha256", "email_enc", "phone_sha256", "phone_enc",
+        "first_name_sha256",
+    }  # fmt: skip
+    assert traits["plan"] == "pro"
+    assert traits["age"] == "42"  # traits stay strings
+    assert traits["email_sha256"] == sha256_hex("ann@b.example")
+    assert traits["phone_sha256"] == sha256_hex("+14155550123")  # region from the policy
+    assert traits["first_name_sha256"] == sha256_hex("ann")
+    assert CIPHER.decrypt(traits["email_enc"]) == "ann@b.example"
+    assert CIPHER.decrypt(traits["phone_enc"]) == "+14155550123"
     assert event["user_id"] == "user 42"
+
+
+def test_contact_traits_never_reach_the_event_in_clear(bots: BotDetector) -> None:
+    event = parse(bots, "site=demo&tr.e-mail=%20Ann.Lee%40Example.com&tr.mobile=%2B4930123456")
+    wire = orjson.dumps(event.event)
+    for clear in [b"Ann.Lee", b"ann.lee", b"example.com", b"30123456"]:
+        assert clear not in wire
+
+
+def test_invalid_contact_traits_are_refused_without_their_value(bots: BotDetector) -> None:
+    query = "site=demo&tr.email=ann.lee%40nowhere&p.x=1"
+    error = reject(bots, query)
+    assert (error.reason, error.field) == ("invalid_trait", "traits.email")
+    record = invalid_record(error.reason, error.detail, request(query), now=NOW, site_id="demo")
+    wire = orjson.dumps(record)
+    assert b"ann.lee" not in wire
+    assert b"nowhere" not in wire
 
 
 def test_utm_and_click_ids_from_the_url(bots: BotDetector) -> None:
@@ -361,6 +394,7 @@ def test_limits_are_inclusive(bots: BotDetector) -> None:
         consent_default="granted",
         honor_dnt=True,
         max_query_bytes=len(query),
+        contact_cipher=CIPHER,
     )
     event = parse(bots, query, policy=policy).event
     assert event["url"] == "u" * ev.MAX_URL
@@ -417,6 +451,11 @@ REJECTIONS: list[tuple[str | bytes, str, str | None]] = [
     ("site=demo&qty=-1", "invalid_property", "qty"),
     ("site=demo&tr.=x", "invalid_trait", "tr."),
     ("site=demo&tr.e%2Fmail=x", "invalid_trait", "tr.e/mail"),
+    ("site=demo&tr.email=x", "invalid_trait", "traits.email"),
+    ("site=demo&tr.Phone=12", "invalid_trait", "traits.Phone"),
+    ("site=demo&tr.country=France", "invalid_trait", "traits.country"),
+    ("site=demo&tr.email_sha256=00", "invalid_trait", "traits.email_sha256"),
+    ("site=demo&tr.phone_enc=gAAAA", "invalid_trait", "traits.phone_enc"),
 ]
 
 
@@ -494,6 +533,7 @@ def test_aid_from_a_tag(bots: BotDetector) -> None:
                 consent_default="denied",
                 honor_dnt=True,
                 max_query_bytes=8192,
+                contact_cipher=CIPHER,
             ),
         ),
     ],
@@ -533,6 +573,7 @@ def test_consent_per_site_and_explicit(bots: BotDetector) -> None:
         consent_default="granted",
         honor_dnt=False,
         max_query_bytes=8192,
+        contact_cipher=CIPHER,
     )
     result = parse(bots, "site=demo", policy=dnt_ignored, dnt_header="1", cookie_visitor_id=COOKIE)
     assert result.event["consent"]["dnt"] is True
@@ -634,7 +675,10 @@ def test_any_params_round_trip_or_are_refused_with_a_reason(params: dict[str, st
         if name.startswith("p."):
             assert _expected_property(raw, event["properties"][name[2:]]), (name, raw)
         elif name.startswith("tr."):
-            assert event["traits"][name[3:]] == raw
+            if name[3:].lower() in CONTACT_ALIASES:
+                assert name[3:] not in event["traits"]  # replaced by its hash, or dropped
+            else:
+                assert event["traits"][name[3:]] == raw
 
 
 QUERY_PIECES = st.sampled_from(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from leadback.errors import ConfigError
-from leadback.settings import load_settings
+from leadback.settings import Settings, load_settings
 
 
 def test_defaults_give_the_embedded_mode(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,3 +80,88 @@ def test_unsafe_or_bad_settings_fail_at_start(
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match=message):
         load_settings()
+
+
+# --- identity: the keys that encrypt contact details ----------------------------------------
+
+KEY_A = "3q2-7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+KEY_B = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+def _keys(s: Settings) -> list[str]:
+    return [k.get_secret_value() for k in s.identity.contact_keys]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [f"{KEY_A},{KEY_B}", f" {KEY_A} , {KEY_B} ", f'["{KEY_A}", "{KEY_B}"]', f"{KEY_A}\n{KEY_B}\n"],
+)
+def test_contact_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("LEADBACK_IDENTITY_CONTACT_KEYS", value)
+    monkeypatch.setenv("LEADBACK_IDENTITY_DEFAULT_PHONE_REGION", "DE")
+    s = load_settings()
+    assert _keys(s) == [KEY_A, KEY_B]
+    assert s.identity.default_phone_region == "DE"
+    assert KEY_A not in repr(s)
+
+
+def test_contact_keys_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key_file = tmp_path / "contact_keys"
+    key_file.write_text(f"{KEY_A},{KEY_B}\n")
+    monkeypatch.setenv("LEADBACK_IDENTITY_CONTACT_KEYS_FILE", str(key_file))
+    assert _keys(load_settings()) == [KEY_A, KEY_B]
+
+
+def test_contact_keys_from_the_secrets_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "leadback_identity_contact_keys").write_text(KEY_B + "\n")
+    monkeypatch.setenv("LEADBACK_SECRETS_DIR", str(tmp_path))
+    assert _keys(load_settings()) == [KEY_B]
+
+
+def test_no_contact_keys_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEADBACK_IDENTITY_CONTACT_KEYS", raising=False)
+    s = load_settings()
+    assert s.identity.contact_keys == []
+    assert s.identity.default_phone_region is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LEADBACK_IDENTITY_CONTACT_KEYS": "not-a-key-at-all"}, "key 1 is not a Fernet key"),
+        ({"LEADBACK_IDENTITY_CONTACT_KEYS": f"{KEY_A},tooshort"}, "key 2 is not a Fernet key"),
+        ({"LEADBACK_IDENTITY_CONTACT_KEYS": '["unterminated'}, "key 1 is not a Fernet key"),
+        ({"LEADBACK_IDENTITY_DEFAULT_PHONE_REGION": "us"}, "default_phone_region"),
+        ({"LEADBACK_IDENTITY_DEFAULT_PHONE_REGION": "ZZ"}, "not a region"),
+        (
+            {
+                "LEADBACK_ENVIRONMENT": "production",
+                "LEADBACK_KAFKA_BOOTSTRAP": "k:9092",
+                "LEADBACK_SITES": '{"shop": {"write_key": "shop-key-0123456789abcdef"}}',
+                "LEADBACK_ADMIN_TOKENS": "admin-token-0123456789abcdef",
+            },
+            "production needs LEADBACK_IDENTITY_CONTACT_KEYS",
+        ),
+    ],
+)
+def test_bad_identity_settings_fail_at_start_without_echoing_secrets(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    monkeypatch.setenv("LEADBACK_CLICKHOUSE_PASSWORD", "pw-never-shown")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings()
+    assert "pw-never-shown" not in str(info.value)
+    assert "not-a-key-at-all" not in str(info.value)
+    assert "tooshort" not in str(info.value)
+    assert "shop-key" not in str(info.value)
+
+
+def test_production_with_contact_keys_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADBACK_ENVIRONMENT", "production")
+    monkeypatch.setenv("LEADBACK_KAFKA_BOOTSTRAP", "k:9092")
+    monkeypatch.setenv("LEADBACK_SITES", '{"shop": {"write_key": "shop-key-0123456789abcdef"}}')
+    monkeypatch.setenv("LEADBACK_ADMIN_TOKENS", "admin-token-0123456789abcdef")
+    monkeypatch.setenv("LEADBACK_IDENTITY_CONTACT_KEYS", KEY_A)
+    assert _keys(load_settings()) == [KEY_A]

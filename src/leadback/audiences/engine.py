@@ -328,8 +328,8 @@ class AudienceEngine:
             await self._store.insert_json_rows(
                 "memberships", b"\n".join(memberships), dedup_token=f"memberships:{token}"
             )
-        failpoints.hit("audiences.before_publish")
         if changes:
+            failpoints.hit("audiences.before_publish")
             self.stats.changes += len(changes)
             await self._publish(token, [change_record(c) for c in changes])
 

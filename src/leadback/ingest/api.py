@@ -2,6 +2,9 @@
 
 Errors map to HTTP status in exactly one place (:func:`_error_response`): invalid input 400,
 auth 401, over-size 413, back-pressure 503 with ``Retry-After``.
+
+Records on the invalid topic never carry trait values: they are contact details, and the
+events topic only ever sees them hashed or encrypted (:mod:`leadback.identity.contacts`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from leadback.enrich.bots import BotDetector
 from leadback.enrich.ip import client_ip, parse_networks, truncate_ip
 from leadback.errors import AuthError, BackpressureError, InvalidInputError, LeadbackError
 from leadback.events import event_key, format_ts
+from leadback.identity.contacts import ContactCipher
 from leadback.ingest.sites import SiteRegistry, write_key_from_headers
 from leadback.ingest.stats import IngestStats
 from leadback.kafka.delivery import Delivery
@@ -43,6 +47,7 @@ class IngestContext:
         stats: IngestStats,
         registry: CollectorRegistry,
         bots: BotDetector,
+        cipher: ContactCipher,
     ) -> None:
         self.settings = settings
         self.sites = sites
@@ -50,6 +55,7 @@ class IngestContext:
         self.stats = stats
         self.registry = registry
         self.bots = bots
+        self.cipher = cipher
         self.trusted = parse_networks(settings.ingest.trusted_proxies)
 
 
@@ -143,6 +149,8 @@ async def post_events(
                     consent_default=consent_default,
                     honor_dnt=limits.honor_dnt,
                     bots=ctx.bots,
+                    cipher=ctx.cipher,
+                    default_phone_region=ctx.settings.identity.default_phone_region,
                 )
                 value = orjson.dumps(event)
                 if len(value) > limits.max_event_bytes:
@@ -154,9 +162,7 @@ async def post_events(
                     {"index": index, "reason": exc.reason, "detail": exc.detail, "field": exc.field}
                 )
                 event_ids.append(None)
-                _invalid(
-                    ctx, exc.reason, exc.detail, site_id, ip, ua, orjson.dumps(raw)[:8192], now
-                )
+                _invalid(ctx, exc.reason, exc.detail, site_id, ip, ua, _redacted_event(raw), now)
                 continue
             ctx.delivery.submit(
                 ctx.settings.kafka.topic_events,
@@ -196,7 +202,7 @@ def _invalid(
         "received_at": format_ts(now),
         "site_id": site_id,
         "request": {
-            "body": body[:8192].decode("utf-8", "replace"),
+            "body": _redacted_body(body)[:8192].decode("utf-8", "replace"),
             "body_bytes": len(body),
             "user_agent": ua,
             "ip": truncated,
@@ -207,6 +213,51 @@ def _invalid(
         ctx.delivery.submit(ctx.settings.kafka.topic_invalid, key, orjson.dumps(record))
     except BackpressureError:
         ctx.stats.dropped += 1
+
+
+REDACTED = "[redacted]"
+_MAX_REDACT_DEPTH = 32
+
+
+def _redact(doc: Any, depth: int = 0) -> Any:
+    """``doc`` with the values of every ``traits`` object in it replaced (keys kept, to debug).
+
+    Anything nested deeper than we look is replaced whole.
+    """
+    if depth > _MAX_REDACT_DEPTH:
+        return REDACTED
+    if isinstance(doc, list):
+        return [_redact(item, depth + 1) for item in doc]
+    if not isinstance(doc, dict):
+        return doc
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key != "traits":
+            out[key] = _redact(value, depth + 1)
+        elif isinstance(value, dict):
+            out[key] = dict.fromkeys(value, REDACTED)
+        else:
+            out[key] = REDACTED
+    return out
+
+
+def _redacted_event(raw: Any) -> bytes:
+    return orjson.dumps(_redact(raw))[:8192]
+
+
+def _redacted_body(body: bytes) -> bytes:
+    """A refused request body without trait values. Unchanged when it has none; one that does
+    not parse but mentions traits is dropped whole (we cannot tell where they are)."""
+    if not body:
+        return body
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return REDACTED.encode() if b"trait" in body.lower() else body
+    redacted = _redact(doc)
+    if redacted == doc:
+        return body
+    return orjson.dumps(redacted)
 
 
 @router.get("/healthz")

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Histogram
 
 from leadback.enrich.bots import BotDetector
+from leadback.identity.contacts import contact_cipher
 from leadback.ingest.api import IngestContext, build_api
 from leadback.ingest.pixel import PixelHandler
 from leadback.ingest.sites import SiteRegistry
@@ -58,7 +59,8 @@ def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
     )
     delivery.set_latency_observer(latency.observe)
     bots = BotDetector()  # one user-agent cache for the pixel and the API
-    ctx = IngestContext(settings, sites, delivery, stats, registry, bots)
+    cipher = contact_cipher(settings)  # may create the embedded key file: once, here
+    ctx = IngestContext(settings, sites, delivery, stats, registry, bots, cipher)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -74,4 +76,5 @@ def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
             await delivery.close(settings.ingest.shutdown_timeout_s)
 
     api = build_api(ctx, lifespan)
-    return IngestApp(PixelHandler(settings, sites, delivery, stats, bots), api, delivery)
+    pixel = PixelHandler(settings, sites, delivery, stats, bots, cipher)
+    return IngestApp(pixel, api, delivery)

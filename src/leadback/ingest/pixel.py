@@ -16,6 +16,7 @@ from leadback.enrich.bots import BotDetector
 from leadback.enrich.ip import client_ip, parse_networks, truncate_ip
 from leadback.errors import BackpressureError, InvalidInputError
 from leadback.events import event_key
+from leadback.identity.contacts import ContactCipher
 from leadback.ingest.sites import SiteRegistry
 from leadback.ingest.stats import IngestStats
 from leadback.kafka.delivery import Delivery
@@ -57,6 +58,7 @@ class PixelHandler:
         delivery: Delivery,
         stats: IngestStats,
         bots: BotDetector,
+        cipher: ContactCipher,
     ) -> None:
         ing = settings.ingest
         self._delivery = delivery
@@ -71,6 +73,8 @@ class PixelHandler:
             consent_default=ing.consent_default,
             honor_dnt=ing.honor_dnt,
             max_query_bytes=ing.max_query_bytes,
+            contact_cipher=cipher,
+            default_phone_region=settings.identity.default_phone_region,
         )
         self._bots = bots
         self._cookie_name = ing.cookie_name.encode()

@@ -3,7 +3,9 @@
 Body: ``{"batch": [event, ...]}`` or a bare JSON array. Each event is validated on its own;
 one bad event does not reject the batch (the response lists per-event errors). Server-side
 fields (``received_at``, truncated IP, ``bot``, ``visitor_id``, ``consent.tracking``) are set
-here, never trusted from the client.
+here, never trusted from the client. Contact details in ``traits`` are replaced by hashes and
+tokens (:func:`leadback.identity.contacts.protect_traits`); one that does not normalize makes
+the event ``invalid_trait``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from leadback import events as ev
 from leadback.enrich.bots import BotDetector
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
+from leadback.identity.contacts import ContactCipher, protect_traits
 from leadback.ids import uuid7
 
 IdStr = Annotated[
@@ -108,8 +111,13 @@ def canonical_from_json(
     consent_default: Literal["granted", "denied"],
     honor_dnt: bool,
     bots: BotDetector,
+    cipher: ContactCipher,
+    default_phone_region: str | None,
 ) -> ev.CanonicalEvent:
-    """Validate one raw event of a batch authenticated for ``site_id``."""
+    """Validate one raw event of a batch authenticated for ``site_id``.
+
+    ``cipher`` and ``default_phone_region`` protect the contact details in ``traits``.
+    """
     if not isinstance(raw, dict):
         raise InvalidInputError("invalid_event", "an event must be a JSON object")
     try:
@@ -136,6 +144,9 @@ def canonical_from_json(
         raise InvalidInputError(
             "missing_identity", "an event needs anonymous_id or user_id", field="anonymous_id"
         )
+    traits = item.traits
+    if traits:
+        traits = protect_traits(traits, cipher, default_region=default_phone_region)
     event_id = item.event_id or uuid7(int(now * 1000))
     user_agent = item.context.user_agent or header_user_agent
     if user_agent is not None:
@@ -151,7 +162,7 @@ def canonical_from_json(
         "received_at": ev.format_ts(now),
         "anonymous_id": anonymous_id,
         "user_id": item.user_id,
-        "traits": item.traits,
+        "traits": traits,
         "url": item.url,
         "referrer": item.referrer,
         "utm": {

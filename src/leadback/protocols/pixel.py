@@ -44,7 +44,11 @@ parameter                              meaning
 ``cur``                                short for ``p.currency``: 3 letters, upper-cased
 ``qty``                                short for ``p.quantity``: digits -> int
 ``tr.<key>``                           a trait (contact details, for ``identify``); key as
-                                       for ``p.``, values stay strings (``invalid_trait``)
+                                       for ``p.``, values stay strings (``invalid_trait``).
+                                       Contact details (``tr.email``, ``tr.phone``, ...)
+                                       are replaced by hashes and tokens, see
+                                       :func:`leadback.identity.contacts.protect_traits`;
+                                       one that does not normalize is ``invalid_trait``
 anything else                          ignored (cache busters such as ``_``, ``cb``, ``r``)
 =====================================  ===================================================
 
@@ -76,6 +80,7 @@ from leadback.enrich.bots import BotDetector
 from leadback.enrich.consent import decide_consent
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
+from leadback.identity.contacts import ContactCipher, protect_traits
 from leadback.ids import is_visitor_id, new_visitor_id, uuid7
 
 #: Every ``reason`` :func:`parse_pixel` can raise.
@@ -133,6 +138,8 @@ class PixelPolicy:
     consent_default: Literal["granted", "denied"]
     honor_dnt: bool
     max_query_bytes: int
+    contact_cipher: ContactCipher  # encrypts e-mail and phone traits
+    default_phone_region: str | None = None  # for phone traits without +<country code>
 
 
 @dataclass(slots=True)
@@ -373,6 +380,10 @@ def parse_pixel(
     language = _language(get("lang"), req.accept_language)
     utm, click_ids = _attribution(params, url)
     properties, traits = _properties_and_traits(params)
+    if traits:  # most pixels carry none: no cost for them
+        traits = protect_traits(
+            traits, policy.contact_cipher, default_region=policy.default_phone_region
+        )
 
     consent = decide_consent(
         param=get("consent"),
@@ -425,7 +436,8 @@ def parse_pixel(
 
 
 def _redact_traits(query: str) -> str:
-    # Traits carry contact details (e-mail, phone): never in clear on the invalid topic.
+    # Traits carry contact details (e-mail, phone): never in clear on the invalid topic,
+    # whatever the reason the pixel was refused (invalid_trait included).
     parts = query.split("&")
     for i, part in enumerate(parts):
         key, sep, _ = part.partition("=")

@@ -99,6 +99,11 @@ class Segmenter:
         self.running = False
 
     @property
+    def observer(self) -> BatchObserver | None:
+        """What runs after each inserted batch (the audience engine), if anything."""
+        return self._observer
+
+    @property
     def assignment(self) -> set[int]:
         """Partitions this member owns now."""
         return self._consumer.assignment()

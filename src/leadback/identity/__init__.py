@@ -1,0 +1,1 @@
+"""Who a visitor is. :mod:`.contacts`: contact details in traits, hashed and encrypted at ingest."""

@@ -1,0 +1,186 @@
+"""Audience changes on the real change topic: from pixels, on the timer, and across a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from leadback import events as ev
+from leadback.audiences.repository import AudienceRepository
+from leadback.audiences.rules import parse_audiences
+from leadback.kafka.config import producer_options
+from leadback.kafka.producer import KafkaRecordProducer
+from leadback.settings import Settings
+from leadback.store.client import ClickHouseStore
+from leadback.store.migrations import migrate
+from tests.conftest import run_ingest, run_sql_in_subprocess
+from tests.integration.audience_kit import event
+from tests.integration.helpers import read_topic, run_segmenter
+from tests.integration.test_crash_recovery import segmenter_env
+
+pytestmark = pytest.mark.integration
+
+AUDIENCES = """
+- id: contact_visitors
+  site: demo
+  rule:
+    all:
+      - did: {event: page_view, where: [{field: url, op: contains, value: /contact}]}
+      - not: {did: {event: lead}}
+- id: quick_abandoners
+  site: demo
+  rule:
+    all:
+      - then_not: {did: {event: add_to_cart}, then: {event: purchase}}
+      - idle: 2s
+"""
+
+
+async def changes_by_key(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes, dict[str, Any]]] = []
+        while batch := await consumer.getmany(timeout_ms=1500):
+            for records in batch.values():
+                out.extend((r.key, orjson.loads(r.value)) for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def wait_changes(settings: Settings, n: int, timeout: float = 30) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await read_topic(settings.kafka.bootstrap, settings.kafka.topic_changes, idle_ms=300)
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.2)
+
+
+async def test_pixels_make_enters_and_exits_on_the_change_topic(
+    make_settings: Any, broker: Any, store: ClickHouseStore
+) -> None:
+    from leadback.kafka.topics import ensure_topics, leadback_topics
+
+    settings = make_settings(audiences={"timer_interval_ms": 100})
+    await ensure_topics(broker.bootstrap, leadback_topics(settings.kafka))
+    store = ClickHouseStore(settings.clickhouse)
+    await migrate(store)
+    repo = AudienceRepository(store)
+    for spec in parse_audiences(__import__("yaml").safe_load(AUDIENCES)):
+        await repo.put(spec)
+
+    def pixel(aid: str, etype: str, url: str = "https://shop.example/") -> str:
+        return "/p.gif?" + urlencode({"site": "demo", "type": etype, "aid": aid, "url": url})
+
+    async with run_ingest(settings) as ingest, run_segmenter(settings, store):
+        browser = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}
+        async with httpx.AsyncClient(base_url=ingest.url, timeout=10, headers=browser) as client:
+            await client.get(pixel("vis-1", "page_view", "https://shop.example/contact"))
+            await client.get(pixel("vis-2", "add_to_cart"))
+            await client.get(pixel("vis-3", "page_view", "https://shop.example/about"))
+            got = await wait_changes(settings, 2)
+            assert sorted((c["audience_id"], c["visitor_id"], c["change"]) for c in got) == [
+                ("contact_visitors", "vis-1", "enter"),
+                ("quick_abandoners", "vis-2", "enter"),  # two seconds idle, by the timer
+            ]
+            await client.get(pixel("vis-1", "lead"))
+            await client.get(pixel("vis-2", "purchase"))
+            got = await wait_changes(settings, 4)
+    await store.close()
+    keyed = await changes_by_key(settings.kafka.bootstrap, settings.kafka.topic_changes)
+    assert len(keyed) == 4
+    for key, change in keyed:
+        assert key == f"demo:{change['visitor_id']}".encode()
+        assert change["schema_version"] == 1
+        assert change["change_id"] == (
+            f"{change['audience_id']}:{change['visitor_id']}:{change['version']}"
+        )
+        assert change["at"].endswith("Z")
+    final = {(c["audience_id"], c["visitor_id"]): c for _, c in keyed if c["change"] == "exit"}
+    assert final[("contact_visitors", "vis-1")]["version"] == 2
+    assert final[("quick_abandoners", "vis-2")]["reason"] == "no_longer_qualifies"
+
+
+SETUP = textwrap.dedent(
+    """
+    import asyncio, sys, yaml
+    from leadback.settings import ClickHouseSettings
+    from leadback.store.client import ClickHouseStore
+    from leadback.store.migrations import migrate
+    from leadback.audiences.repository import AudienceRepository
+    from leadback.audiences.rules import parse_audiences
+
+    async def main():
+        store = ClickHouseStore(ClickHouseSettings(url="chdb://" + sys.argv[1]))
+        await migrate(store)
+        for spec in parse_audiences(yaml.safe_load(sys.argv[2])):
+            await AudienceRepository(store).put(spec)
+        await store.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_changes_survive_a_crash_before_publishing_with_the_same_versions(
+    topics: Settings, tmp_path: Path
+) -> None:
+    chdb = tmp_path / "seg-chdb"
+    subprocess.run([sys.executable, "-c", SETUP, str(chdb), AUDIENCES], check=True, timeout=120)
+    producer = KafkaRecordProducer(
+        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
+    )
+    await producer.start()
+    now = time.time()
+    visitors = [f"c{i}" for i in range(60)]
+    futures = []
+    for i, v in enumerate(visitors):
+        e = event("demo", v, "page_view", now, url=f"https://shop.example/contact/{i}")
+        futures.append(
+            await producer.send(topics.kafka.topic_events, ev.event_key("demo", v), orjson.dumps(e))
+        )
+    for f in futures:
+        await f
+    await producer.stop()
+
+    cmd = [sys.executable, "-m", "leadback", "segmenter"]
+    env = segmenter_env(topics, chdb, LEADBACK_SEGMENTER_BATCH_MAX_EVENTS="25")
+    crashed = subprocess.run(
+        cmd,
+        env={**env, "LEADBACK_FAILPOINTS": "audiences.before_publish=kill"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    logged = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.audience_changes"))
+    assert 0 < logged <= 25  # the first batch's enters are logged, none published
+    assert await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes, idle_ms=500) == []
+
+    survivor = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    time.sleep(9)
+    survivor.send_signal(signal.SIGTERM)
+    _, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err.decode()[-3000:]
+    assert b"republished logged changes" in err
+    got = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes)
+    seen = sorted((c["visitor_id"], c["change"], c["version"]) for c in got)
+    assert seen == sorted((v, "enter", 1) for v in visitors)
