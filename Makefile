@@ -46,8 +46,9 @@ integration: $(STAMP) ## integration tests (real broker process, real ClickHouse
 test: lint typecheck ## ruff, mypy --strict, then the whole pytest suite
 	$(BIN)/pytest -q
 
-bench: $(STAMP) ## benchmarks: pipeline throughput (more in bench/README.md)
+bench: $(STAMP) ## benchmarks: pipeline throughput, audience cost and freshness
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.audiences
 
 clean: ## remove the virtualenv, caches and local data
 	rm -rf $(VENV) .leadback .mypy_cache .ruff_cache .pytest_cache .hypothesis

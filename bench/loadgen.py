@@ -38,10 +38,15 @@ async def _connection(
     stop_at: float,
     result: LoadResult,
     counter: list[int],
+    pace_s: float | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
+    next_at = time.perf_counter()
     try:
         while time.perf_counter() < stop_at:
+            if pace_s is not None:
+                next_at += pace_s
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
             n = counter[0]
             counter[0] += 1
             t0 = time.perf_counter()
@@ -69,14 +74,17 @@ async def run_load(
     *,
     connections: int,
     seconds: float,
+    rate: float | None = None,
 ) -> LoadResult:
-    """Send requests on ``connections`` keep-alive connections for ``seconds``."""
+    """Send requests on ``connections`` keep-alive connections for ``seconds``; at most
+    ``rate`` requests per second in all when given (a steady load), else as fast as answered."""
+    pace = connections / rate if rate else None
     result = LoadResult()
     counter = [0]
     start = time.perf_counter()
     await asyncio.gather(
         *(
-            _connection(host, port, make_request, start + seconds, result, counter)
+            _connection(host, port, make_request, start + seconds, result, counter, pace)
             for _ in range(connections)
         )
     )

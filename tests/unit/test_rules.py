@@ -144,7 +144,7 @@ def test_statement_has_one_group_for_person_level_audiences() -> None:
     ]
     by_id: dict[str, AudienceSpec] = {s.id: s for s in specs}
     q = build_evaluation("db", [VersionedAudience(s, 1) for s in specs], by_id, incremental=True)
-    assert q.sql.count("FROM ev GROUP BY person\n") == 1
-    assert "ARRAY JOIN arrayDistinct" in q.sql
-    assert "{vids:Array(String)}" in q.sql
+    assert q.members.count("FROM ev GROUP BY person\n") == 1
+    assert "ARRAY JOIN arrayDistinct" in q.members
+    assert "{vids:Array(String)}" in q.members
     assert q.thresholds == frozenset({3_600_000})

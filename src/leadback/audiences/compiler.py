@@ -3,8 +3,10 @@
 One query per site evaluates every audience being checked, for a set of visitors (or all of
 them), and compares the result with the stored memberships in the same statement:
 
-* ``ev``: the candidates' events (deduplicated with ``FINAL``, bots and visitors without
-  consent to be recognised left out), each mapped to its *person* through ``identities``;
+* ``ev``: the candidates' events (bots and visitors without consent to be recognised left
+  out), each mapped to its *person* through ``identities``. Not read with ``FINAL`` (it costs
+  more than the whole evaluation on small sets): a retried event is a duplicate row, so counts
+  are ``uniqExact(event_id)`` and every other aggregate (max, exists) ignores duplicates;
 * person-level audiences: one ``GROUP BY person`` whose columns are the compiled rules, turned
   into (audience, person, member) rows with ``ARRAY JOIN``;
 * product-level audiences: the events carrying product ids, ``ARRAY JOIN``-ed by product and
@@ -144,7 +146,7 @@ def _cond(c: Condition, ctx: _Context) -> str:
         d = c.did
         if d.within is not None:
             ctx.thresholds.add(d.within)
-        n = f"countIf({match_sql(d)} AND {_window(d.within)})"
+        n = f"uniqExactIf(event_id, {match_sql(d)} AND {_window(d.within)})"
         lo = f"{n} >= {d.count.min}" if d.count.min > 0 else "1"
         if d.count.max is None:
             return f"({lo})"
@@ -155,7 +157,11 @@ def _cond(c: Condition, ctx: _Context) -> str:
             ctx.thresholds.add(tn.did.within)
         first = f"{match_sql(tn.did)} AND {_window(tn.did.within)}"
         then = f"{match_sql(tn.then)} AND t <= {NOW}"
-        enough = f"countIf({first}) >= {max(1, tn.did.count.min)}"
+        enough = (
+            f"uniqExactIf(event_id, {first}) >= {tn.did.count.min}"
+            if tn.did.count.min > 1
+            else f"maxIf(t, {first}) > 0"
+        )
         if tn.within is None:
             return f"({enough} AND maxIf(t, {first}) > maxIf(t, {then}))"
         ctx.thresholds.add(tn.within)

@@ -28,7 +28,8 @@ import orjson
 from leadback import failpoints
 from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_record
 from leadback.audiences.compiler import compile_rule
-from leadback.audiences.query import COLUMNS, EvaluationQuery, VersionedAudience, build_evaluation
+from leadback.audiences.diff import Key, Stored, transitions
+from leadback.audiences.query import EvaluationQuery, VersionedAudience, build_evaluation
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec, references
 from leadback.clock import Clock, SystemClock
@@ -43,6 +44,7 @@ log = get_logger(__name__)
 _IDENTITY_MARKERS = (b'"user_id":"', b'"type":"identify"')
 _CHUNK = 20_000  # persons per statement in timer and erasure passes
 _SWEEP_EVERY_S = 30.0
+_RELOAD_EVERY_S = 5.0  # definitions written by another process; in-process writes set `changed`
 _DUE_LOOKBACK_MS = 2 * 86_400_000
 
 
@@ -92,6 +94,7 @@ class AudienceEngine:
         self._queries: dict[tuple[Any, ...], EvaluationQuery] = {}
         self._last_due: dict[str, int] = {}
         self._last_sweep = -_SWEEP_EVERY_S
+        self._last_reload = -_RELOAD_EVERY_S
         self.stats = AudienceStats()
         self.changed = asyncio.Event()  # set by the admin API after a definition write
 
@@ -122,18 +125,22 @@ class AudienceEngine:
             stopper.cancel()
             if stop.is_set():
                 return
+            reload = self.changed.is_set() or (
+                self._clock.monotonic() - self._last_reload >= _RELOAD_EVERY_S
+            )
             self.changed.clear()
             try:
-                await self.tick(leader=leader())
+                await self.tick(leader=leader(), reload=reload)
             except LeadbackError as exc:
                 # Store or broker trouble: the same pass runs again next tick.
                 log.error("audience tick failed", error=str(exc))
 
-    async def tick(self, *, leader: bool = True) -> None:
-        """Reload definitions; as the leader also re-evaluate changed ones, run the due pass
-        and sweep the outbox now and then."""
+    async def tick(self, *, leader: bool = True, reload: bool = True) -> None:
+        """Reload definitions (if ``reload``); as the leader also re-evaluate changed ones, run
+        the due pass and sweep the outbox now and then."""
         async with self._lock:
-            await self._reconcile(refresh=leader)
+            if reload:
+                await self._reconcile(refresh=leader)
             if not leader:
                 return
             await self._due_pass()
@@ -256,52 +263,45 @@ class AudienceEngine:
         incremental = visitors is not None
         query = self._query(site, evaluate, incremental=incremental)
         now = self.now_ms()
-        params: dict[str, Any] = {"site": site, "now": now, "exit_reason": exit_reason}
+        params: dict[str, Any] = {"site": site, "now": now}
         if incremental:
             params["vids"] = sorted(visitors or ())
             params["persons"] = sorted(persons or ())
-        rows = await self._store.query(query.sql, params)
+        qualifying: dict[Key, tuple[str, ...]] = {}
+        dues: list[bytes] = []
+        for audience_id, person, products, due in await self._store.query(query.members, params):
+            if audience_id:
+                qualifying[(audience_id, person)] = tuple(products)
+            elif due:
+                dues.append(orjson.dumps({"site_id": site, "due_at": due, "person_id": person}))
+        stored = {
+            (str(a), str(p)): Stored(str(st), int(v), int(e), tuple(pr))
+            for a, p, st, v, e, pr in await self._store.query(query.previous, params)
+        }
+        ttl = {a.spec.id: a.spec.ttl or 0 for a in evaluate}
+        versions = {a.spec.id: a.version for a in evaluate}
         changes: list[dict[str, Any]] = []
         memberships: list[bytes] = []
-        dues: list[bytes] = []
-        for raw in rows:
-            r = dict(zip(COLUMNS, raw, strict=True))
-            if r["due"]:
-                dues.append(
-                    orjson.dumps({"site_id": site, "due_at": r["due"], "person_id": r["person"]})
-                )
-            if not r["audience_id"]:
-                continue
-            memberships.append(
-                orjson.dumps(
-                    {
-                        "site_id": site,
-                        "audience_id": r["audience_id"],
-                        "person_id": r["person"],
-                        "state": r["state"],
-                        "version": r["version"],
-                        "products": list(r["products"]),
-                        "entered_at": r["entered_at"],
-                        "changed_at": now,
-                        "audience_version": r["audience_version"],
-                    }
-                )
-            )
-            if r["change"]:
+        found = transitions(qualifying, stored, ttl_ms=ttl, now=now, exit_reason=exit_reason)
+        for tr in found:
+            row = {
+                "site_id": site,
+                "audience_id": tr.audience_id,
+                "person_id": tr.person,
+                "version": tr.version,
+                "products": tr.products,
+                "entered_at": tr.entered_at,
+                "audience_version": versions[tr.audience_id],
+            }
+            memberships.append(orjson.dumps({**row, "state": tr.state, "changed_at": now}))
+            if tr.change:
                 changes.append(
-                    {
-                        "site_id": site,
-                        "audience_id": r["audience_id"],
-                        "person_id": r["person"],
-                        "change": r["change"],
-                        "reason": r["reason"],
-                        "version": r["version"],
-                        "audience_version": r["audience_version"],
-                        "products": list(r["products"]),
-                        "at": now,
-                        "entered_at": r["entered_at"],
-                        "token": token,
-                    }
+                    {**row, "change": tr.change, "reason": tr.reason, "at": now, "token": token}
+                )
+            if tr.change == "enter" and ttl[tr.audience_id]:
+                due_at = tr.entered_at + ttl[tr.audience_id]
+                dues.append(
+                    orjson.dumps({"site_id": site, "due_at": due_at, "person_id": tr.person})
                 )
         await self._write_and_publish(token, changes, memberships)
         if dues:
@@ -382,6 +382,7 @@ class AudienceEngine:
     # -- definitions ----------------------------------------------------------------------
 
     async def _reconcile(self, *, refresh: bool = True) -> None:
+        self._last_reload = self._clock.monotonic()
         stored = await self.repository.all(include_deleted=True)
         evaluated = await self.repository.evaluated_versions()
         active: dict[str, list[StoredAudience]] = {}
@@ -493,13 +494,14 @@ class AudienceEngine:
     # -- admin operations -----------------------------------------------------------------
 
     def explain(self, spec: AudienceSpec, version: int = 0) -> dict[str, str]:
-        """The SQL an audience compiles to: its rule expression and the full statement."""
+        """The SQL an audience compiles to: its rule expression, the statement that finds who
+        qualifies among a batch's visitors, and the one that reads their memberships."""
         site_specs = {a.spec.id: a.spec for a in self._audiences.get(spec.site, [])}
         rule = compile_rule(spec, site_specs)
         query = build_evaluation(
             self._db, [VersionedAudience(spec, version)], site_specs, incremental=True
         )
-        return {"rule": rule.expression, "statement": query.sql}
+        return {"rule": rule.expression, "members": query.members, "previous": query.previous}
 
     async def erase(self, site: str, *, visitor_id: str | None, user_id: str | None) -> Erasure:
         """Remove a visitor's or user's events, identity, contacts and memberships; exits first."""

@@ -1,8 +1,9 @@
-"""The evaluation statement for one site: compiled rules -> members -> diff with memberships.
+"""The evaluation statements for one site: who qualifies now, and the stored memberships.
 
 See :mod:`leadback.audiences.compiler` for the shape. Parameters: ``site`` (String), ``now``
-(Int64 ms), ``exit_reason`` (String), and for an incremental pass ``vids`` (the visitors whose
-events to read) and ``persons`` (the persons whose memberships to compare).
+(Int64 ms), and for an incremental pass ``vids`` (the visitors whose events to read) and
+``persons`` (the persons whose memberships to compare). The comparison itself is
+:func:`leadback.audiences.diff.transitions`: done in ClickHouse it cost more to plan than to run.
 """
 
 from __future__ import annotations
@@ -20,20 +21,6 @@ from leadback.audiences.compiler import (
 )
 from leadback.audiences.rules import AudienceSpec
 
-#: Columns of each row the statement returns.
-COLUMNS = (
-    "audience_id",
-    "person",
-    "state",
-    "change",
-    "reason",
-    "version",
-    "products",
-    "entered_at",
-    "due",
-    "audience_version",
-)
-
 
 @dataclass(frozen=True)
 class VersionedAudience:
@@ -45,7 +32,12 @@ class VersionedAudience:
 
 @dataclass(frozen=True)
 class EvaluationQuery:
-    sql: str
+    """``members``: (audience_id, person, products, due) of every qualifying person, plus a
+    row per person with audience ``''`` carrying ``due``; ``previous``: their stored
+    memberships (audience_id, person_id, state, version, entered_at, products)."""
+
+    members: str
+    previous: str
     audience_ids: tuple[str, ...]
     rules: tuple[CompiledRule, ...]
     thresholds: frozenset[int]
@@ -62,7 +54,7 @@ def build_evaluation(
     *,
     incremental: bool,
 ) -> EvaluationQuery:
-    """The statement that evaluates ``evaluate`` (all of one site) and diffs with memberships."""
+    """The statements that evaluate ``evaluate`` (audiences of one site)."""
     rules = [compile_rule(a.spec, site_audiences) for a in evaluate]
     thresholds = frozenset().union(*(r.thresholds for r in rules)) if rules else frozenset()
     person_level = [(a, r) for a, r in zip(evaluate, rules, strict=True) if a.spec.products is None]
@@ -95,61 +87,30 @@ def build_evaluation(
     ) WHERE notEmpty(products)"""
         )
     all_ids = [a.spec.id for a in evaluate]
-    ttls = [a.spec.ttl or 0 for a in evaluate]
-    versions = [a.version for a in evaluate]
     union = "\n    UNION ALL\n    ".join(fresh)
-    sql = f"""WITH
+    members_sql = f"""WITH
 ev AS (
     SELECT if(idm.person_id != '', idm.person_id, e.visitor_id) AS person,
-        e.type AS type, e.name AS name, toUnixTimestamp64Milli(e.received_at) AS t,
+        e.event_id AS event_id, e.type AS type, e.name AS name,
+        toUnixTimestamp64Milli(e.received_at) AS t,
         e.properties AS properties, e.url AS url, e.referrer AS referrer, e.utm AS utm,
         e.click_ids AS click_ids, e.context AS context
-    FROM {db}.events AS e FINAL
+    FROM {db}.events AS e
     LEFT ANY JOIN (
         SELECT visitor_id, argMax(person_id, version) AS person_id FROM {db}.identities
         WHERE site_id = {{site:String}}{ifilter} GROUP BY visitor_id
     ) AS idm ON e.visitor_id = idm.visitor_id
     WHERE e.site_id = {{site:String}}{vfilter}
         AND NOT e.bot AND NOT startsWith(e.visitor_id, 'e:')
-),
-fresh AS (
+)
+SELECT audience_id, person, products, if(due >= {NEVER}, 0, due) AS due FROM (
     {union}
-),
-previous AS (
-    SELECT audience_id, person_id AS person, state, version, entered_at,
-        products AS old_products
-    FROM {db}.memberships FINAL
-    WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}
 )
-SELECT audience_id, person, new_state, change,
-    multiIf(change = 'enter', 'qualifies', expired, 'ttl_expired',
-            change = 'exit', {{exit_reason:String}}, change = 'update', 'products_changed', '')
-        AS reason,
-    version + 1 AS new_version, products,
-    if(change = 'enter', {NOW}, entered_at) AS entered,
-    if(audience_id = '', if(due >= {NEVER}, 0, due),
-        if(new_state = 'in' AND ttl > 0, entered + ttl, 0)) AS next_due,
-    transform(audience_id, {_array(all_ids)}, {_array(versions)}, 0) AS audience_version
-FROM (
-    SELECT audience_id, person, member, products, due, state, version, entered_at, old_products,
-        transform(audience_id, {_array(all_ids)}, {_array(ttls)}, 0) AS ttl,
-        state = 'in' AND ttl > 0 AND entered_at + ttl <= {NOW} AS expired,
-        multiIf(
-            state = 'in' AND expired, 'expired',
-            state = 'in', if(member = 1, 'in', 'out'),
-            state = 'expired', if(member = 1, 'expired', 'out'),
-            member = 1, 'in',
-            state) AS new_state,
-        multiIf(
-            state = 'in' AND new_state != 'in', 'exit',
-            state != 'in' AND new_state = 'in', 'enter',
-            new_state = 'in' AND products != old_products, 'update',
-            '') AS change
-    FROM fresh FULL OUTER JOIN previous USING (audience_id, person)
-)
-WHERE (audience_id = '' AND next_due > 0)
-    OR (audience_id != '' AND (new_state != state OR change != ''))"""
-    return EvaluationQuery(sql, tuple(all_ids), tuple(rules), thresholds)
+WHERE member = 1 OR (audience_id = '' AND due < {NEVER})"""
+    previous_sql = f"""SELECT audience_id, person_id, state, version, entered_at, products
+FROM {db}.memberships FINAL
+WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
+    return EvaluationQuery(members_sql, previous_sql, tuple(all_ids), tuple(rules), thresholds)
 
 
 def _due_sql(thresholds: frozenset[int]) -> str:

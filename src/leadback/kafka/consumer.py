@@ -56,6 +56,7 @@ class GroupConsumer:
         on_assigned: PartitionsCallback,
         on_revoked: PartitionsCallback,
         max_partition_fetch_bytes: int = 16 * 1024 * 1024,
+        fetch_max_wait_ms: int = 100,
         **options: Any,
     ) -> None:
         self.topic = topic
@@ -64,6 +65,8 @@ class GroupConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
+            # Short: the broker may hold an empty fetch this long, which is added to freshness.
+            fetch_max_wait_ms=fetch_max_wait_ms,
             fetch_max_bytes=max(max_partition_fetch_bytes, 64 * 1024 * 1024),
             **options,
         )

@@ -191,7 +191,7 @@ class Segmenter:
                             last=replay.last_offset,
                         )
                 batch = PartitionBatch(
-                    self._topic, partition, started=self._clock.monotonic(), replay=replay
+                    self._topic, partition, started=self._started(messages[0]), replay=replay
                 )
                 self._batches[partition] = batch
             if batch.replay is None:
@@ -204,6 +204,14 @@ class Segmenter:
             if batch.replay_complete or self._full(batch):
                 await self._flush(batch)
 
+    def _started(self, first: Message) -> float:
+        """When a new batch counts as started: when its first record was produced, if that is
+        earlier (it waited while the previous round was written), so it is not held back a
+        whole flush interval more. At most one interval back; clocks of hosts differ."""
+        now = self._clock.monotonic()
+        waited = self._clock.now() - first.timestamp / 1000
+        return now - min(max(0.0, waited), self._settings.flush_interval_ms / 1000)
+
     def _full(self, batch: PartitionBatch) -> bool:
         return (
             batch.count >= self._settings.batch_max_events
@@ -213,11 +221,18 @@ class Segmenter:
     async def _flush_due(self, *, force: bool) -> None:
         interval = self._settings.flush_interval_ms / 1000
         now = self._clock.monotonic()
-        for batch in list(self._batches.values()):
-            if batch.count and (force or now - batch.started >= interval):
-                if batch.replay is not None and not batch.replay_complete and not force:
-                    continue  # a replayed range must be re-formed whole to reuse its token
-                await self._flush(batch)
+        batches = [b for b in self._batches.values() if b.count]
+        if not force and not any(now - b.started >= interval for b in batches):
+            return
+        # One round takes every partition's batch, not only the due ones: the evaluation after
+        # the inserts costs about the same for one partition as for all.
+        due = [
+            b
+            for b in batches
+            if force or b.replay is None or b.replay_complete  # a replay is re-formed whole
+        ]
+        if due:
+            await self._flush_many(due)
 
     async def _drain(self) -> None:
         """Consume to the current end of every assigned partition (embedded shutdown)."""
@@ -237,19 +252,50 @@ class Segmenter:
     # -- flush ----------------------------------------------------------------------------
 
     async def _flush(self, batch: PartitionBatch) -> None:
-        if self._batches.get(batch.partition) is batch:
-            del self._batches[batch.partition]
-        if not batch.count:
-            return
-        token = batch.token
+        await self._flush_many([batch])
+
+    async def _flush_many(self, batches: list[PartitionBatch]) -> None:
+        """Insert each batch (intent first), evaluate audiences once for all, then commit.
+
+        One evaluation per flush round, not per partition: its cost is mostly fixed (statement
+        planning), so audiences stay fresh however many partitions this member owns.
+        """
         started = self._clock.monotonic()
+        for batch in batches:
+            if self._batches.get(batch.partition) is batch:
+                del self._batches[batch.partition]
+        batches = [b for b in batches if b.count]
+        fresh = [b for b in batches if b.replay is None]
+        if fresh:
+            await self._retrying("intent insert", lambda: self._write_intents(fresh))
+        inserted = [b for b in batches if await self._insert(b)]
+        if not inserted:
+            return
+        failpoints.hit("segmenter.after_insert")
+        if self._observer is not None:
+            await self._observe(inserted)
+        owned = self._consumer.assignment()
+        for batch in inserted:
+            if batch.partition not in owned:
+                continue  # revoked meanwhile: the new owner replays it with the same token
+            try:
+                await self._consumer.commit({batch.partition: batch.last_offset + 1})
+            except (CommitFailed, BrokerUnavailableError) as exc:
+                # Harmless: whoever reads the range again replays it with the same token.
+                log.warning("commit failed after insert", partition=batch.partition, error=str(exc))
+            self.stats.events_inserted += batch.count
+            self.stats.batches_inserted += 1
+            if batch.replay is not None:
+                self.stats.batches_replayed += 1
+            log.debug(
+                "batch inserted", partition=batch.partition, events=batch.count, token=batch.token
+            )
+        self.stats.last_insert_seconds = self._clock.monotonic() - started
+
+    async def _insert(self, batch: PartitionBatch) -> bool:
+        """The events insert (its intent is written); False if the partition was lost."""
+        token = batch.token
         try:
-            if batch.replay is None:
-                await self._retrying(
-                    "intent insert",
-                    lambda: self._write_intent(batch, token),
-                    partition=batch.partition,
-                )
             try:
                 await self._retrying(
                     "events insert",
@@ -267,57 +313,46 @@ class Segmenter:
                 partition=batch.partition,
                 token=token,
             )
-            return
-        failpoints.hit("segmenter.after_insert")
-        if self._observer is not None and not await self._observe(batch, token):
-            return
-        try:
-            await self._consumer.commit({batch.partition: batch.last_offset + 1})
-        except (CommitFailed, BrokerUnavailableError) as exc:
-            # Harmless: whoever reads the range again replays it with the same token.
-            log.warning("commit failed after insert", partition=batch.partition, error=str(exc))
-        self.stats.events_inserted += batch.count
-        self.stats.batches_inserted += 1
-        if batch.replay is not None:
-            self.stats.batches_replayed += 1
-        self.stats.last_insert_seconds = self._clock.monotonic() - started
-        log.debug("batch inserted", partition=batch.partition, events=batch.count, token=token)
+            return False
+        return True
 
-    async def _observe(self, batch: PartitionBatch, token: str) -> bool:
-        """Run the observer; False if the partition was lost meanwhile (nothing committed)."""
+    async def _observe(self, batches: list[PartitionBatch]) -> None:
+        """Run the observer on the inserted batches together."""
         observer = self._observer
         assert observer is not None
+        keys: set[bytes] = set().union(*(b.keys for b in batches))
+        values = [v for b in batches for v in b.values]
+        token = "+".join(sorted(b.token for b in batches))
         try:
             await self._retrying(
-                "audience evaluation",
-                lambda: observer.on_batch(batch.keys, batch.values, token),
-                partition=batch.partition,
+                "audience evaluation", lambda: observer.on_batch(keys, values, token)
             )
-        except PartitionLost:
-            log.warning("partition revoked during evaluation", partition=batch.partition)
-            return False
         except PermanentError as exc:
             # A statement the engine refuses will not pass on retry; the events are stored
             # and the next batch or timer pass of these persons evaluates them again.
             self.stats.observer_failures += 1
             log.error("audience evaluation failed", token=token, error=str(exc))
         failpoints.hit("segmenter.after_evaluation")
-        return True
 
-    async def _write_intent(self, batch: PartitionBatch, token: str) -> None:
-        row = orjson.dumps(
-            {
-                "consumer_group": self._settings.group_id,
-                "topic": self._topic,
-                "partition": batch.partition,
-                "first_offset": batch.first_offset,
-                "last_offset": batch.last_offset,
-                "first_timestamp": batch.first_timestamp,
-                "records": batch.count,
-                "token": token,
-            }
+    async def _write_intents(self, batches: list[PartitionBatch]) -> None:
+        """Record the ranges about to be inserted, all partitions in one insert."""
+        rows = b"\n".join(
+            orjson.dumps(
+                {
+                    "consumer_group": self._settings.group_id,
+                    "topic": self._topic,
+                    "partition": b.partition,
+                    "first_offset": b.first_offset,
+                    "last_offset": b.last_offset,
+                    "first_timestamp": b.first_timestamp,
+                    "records": b.count,
+                    "token": b.token,
+                }
+            )
+            for b in batches
         )
-        await self._store.insert_json_rows("segmenter_batches", row, dedup_token=f"intent:{token}")
+        token = "intent:" + "+".join(b.token for b in batches)
+        await self._store.insert_json_rows("segmenter_batches", rows, dedup_token=token)
 
     async def _quarantine(self, batch: PartitionBatch, token: str) -> None:
         good: list[bytes] = []
