@@ -1,0 +1,68 @@
+"""Membership transitions: the state machine the change topic is built from."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from leadback.audiences.diff import Stored, transitions
+
+NOW = 1_000_000
+A = "a"
+
+
+def one(member: bool, stored: Stored | None, *, ttl: int = 0, products: tuple[str, ...] = ()):
+    q = {(A, "p"): products} if member else {}
+    s = {(A, "p"): stored} if stored else {}
+    return transitions(q, s, ttl_ms={A: ttl}, now=NOW, exit_reason="no_longer_qualifies")
+
+
+def test_enter_then_exit_bumps_versions() -> None:
+    [t] = one(True, None)
+    assert (t.state, t.change, t.version, t.entered_at) == ("in", "enter", 1, NOW)
+    [t] = one(False, Stored("in", 1, 5))
+    assert (t.state, t.change, t.reason, t.version) == ("out", "exit", "no_longer_qualifies", 2)
+    [t] = one(True, Stored("out", 2, 5))
+    assert (t.change, t.version) == ("enter", 3)
+
+
+def test_nothing_changes_nothing_written() -> None:
+    assert one(True, Stored("in", 1, 5)) == []
+    assert one(False, None) == []
+    assert one(False, Stored("out", 2, 5)) == []
+
+
+def test_ttl_expires_and_blocks_re_entry_until_the_rule_stops_holding() -> None:
+    [t] = one(True, Stored("in", 1, NOW - 100), ttl=100)
+    assert (t.state, t.change, t.reason) == ("expired", "exit", "ttl_expired")
+    assert one(True, Stored("expired", 2, NOW - 100), ttl=100) == []
+    [t] = one(False, Stored("expired", 2, NOW - 100), ttl=100)
+    assert (t.state, t.change, t.version) == ("out", "", 3)  # written, not published
+
+
+def test_product_list_change_is_an_update() -> None:
+    [t] = one(True, Stored("in", 1, 5, ("p1",)), products=("p1", "p2"))
+    assert (t.change, t.products, t.entered_at) == ("update", ("p1", "p2"), 5)
+
+
+states = st.sampled_from(["", "in", "out", "expired"])
+
+
+@given(st.lists(st.tuples(st.booleans(), states, st.integers(0, 2 * NOW)), max_size=30))
+def test_every_transition_is_one_version_up_and_changes_alternate(cases: list) -> None:
+    qualifying = {}
+    stored = {}
+    for i, (member, state, entered) in enumerate(cases):
+        key = (A, f"p{i}")
+        if member:
+            qualifying[key] = ()
+        if state:
+            stored[key] = Stored(state, 7, entered)
+    for t in transitions(qualifying, stored, ttl_ms={A: NOW}, now=NOW, exit_reason="x"):
+        old = stored.get((t.audience_id, t.person), Stored("", 0, 0))
+        assert t.version == old.version + 1
+        assert t.state != old.state or t.change
+        if t.change == "enter":
+            assert old.state != "in" and t.state == "in"
+        if t.change == "exit":
+            assert old.state == "in" and t.state in ("out", "expired")
