@@ -108,15 +108,22 @@ def sql(query: Annotated[str, typer.Argument(help="a ClickHouse query")]) -> Non
 @events_app.command("tail")
 def events_tail(
     invalid: Annotated[bool, typer.Option("--invalid", help="follow the invalid topic")] = False,
+    changes: Annotated[
+        bool, typer.Option("--changes", help="follow the audience change topic")
+    ] = False,
     from_beginning: Annotated[bool, typer.Option(help="start at the oldest record")] = False,
     count: Annotated[int, typer.Option("-n", "--count", help="stop after N records")] = 0,
     pretty: Annotated[bool, typer.Option(help="indent the JSON")] = False,
 ) -> None:
-    """Print records of the events topic (or the invalid topic) as JSON lines."""
+    """Print records of the events topic (or the invalid or change topic) as JSON lines."""
     from leadback.kafka.tail import tail
 
     settings = _settings()
-    topic = settings.kafka.topic_invalid if invalid else settings.kafka.topic_events
+    topic = settings.kafka.topic_events
+    if invalid:
+        topic = settings.kafka.topic_invalid
+    elif changes:
+        topic = settings.kafka.topic_changes
 
     def show(key: bytes | None, value: bytes) -> None:
         if pretty:

@@ -150,6 +150,22 @@ def _restart(child: Child) -> bool:
     return True
 
 
+def _admin_lines(settings: Settings) -> str:
+    if not settings.admin.port or not settings.audiences.enabled:
+        return ""
+    admin = f"http://{settings.admin.host}:{settings.admin.port}"
+    token = (
+        "LEADBACK_ADMIN_TOKENS"
+        if settings.admin.tokens
+        else settings.data_dir / "secrets" / "admin_token"
+    )
+    return (
+        "  Audiences    leadback audiences apply -f examples/audiences.yaml\n"
+        f"               admin API {admin}/docs (bearer token: {token}),"
+        " changes on leadback.audiences.changes.v1\n"
+    )
+
+
 def _banner(settings: Settings, base: str, bootstrap: str) -> str:
     return (
         "\nLeadback is up.\n"
@@ -159,6 +175,8 @@ def _banner(settings: Settings, base: str, bootstrap: str) -> str:
         f"  JSON batch   curl -H 'Authorization: Bearer demo-write-key' -d "
         f'\'{{"batch":[{{"type":"page_view","anonymous_id":"a1"}}]}}\' {base}/v1/events\n'
         f"  Kafka        {bootstrap} (embedded; `leadback events tail` follows the events)\n"
-        f"  ClickHouse   {settings.clickhouse.url} (database {settings.clickhouse.database})\n"
+        f"  ClickHouse   {settings.clickhouse.url} (database {settings.clickhouse.database};"
+        " `leadback sql \"SELECT ...\"`)\n"
+        f"{_admin_lines(settings)}"
         "  Stop         Ctrl-C\n"
     )

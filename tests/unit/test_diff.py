@@ -66,3 +66,32 @@ def test_every_transition_is_one_version_up_and_changes_alternate(cases: list) -
             assert old.state != "in" and t.state == "in"
         if t.change == "exit":
             assert old.state == "in" and t.state in ("out", "expired")
+
+
+def test_change_records_match_the_asyncapi_schema() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from leadback.audiences.changes import change_record
+
+    spec = yaml.safe_load((Path(__file__).parents[2] / "docs/asyncapi.yaml").read_text())
+    schema = spec["components"]["schemas"]["AudienceChange"]
+    record = change_record(
+        {
+            "site_id": "shop",
+            "audience_id": "cart",
+            "person_id": "u:42",
+            "change": "exit",
+            "reason": "ttl_expired",
+            "version": 3,
+            "audience_version": 2,
+            "products": ("p1",),
+            "at": NOW,
+            "entered_at": NOW - 5,
+        }
+    )
+    assert set(record) == set(schema["properties"]) == set(schema["required"])
+    assert record["change"] in schema["properties"]["change"]["enum"]
+    assert record["reason"] in schema["properties"]["reason"]["enum"]
+    assert record["change_id"] == "cart:u:42:3"

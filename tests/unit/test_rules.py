@@ -148,3 +148,14 @@ def test_statement_has_one_group_for_person_level_audiences() -> None:
     assert "ARRAY JOIN arrayDistinct" in q.members
     assert "{vids:Array(String)}" in q.members
     assert q.thresholds == frozenset({3_600_000})
+
+
+def test_the_shipped_examples_are_valid() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    specs = parse_audiences(yaml.safe_load((root / "examples/audiences.yaml").read_text()))
+    assert len(specs) == 6
+    by_id = {s.id: s for s in specs}
+    for spec in specs:
+        compile_rule(spec, by_id)
