@@ -41,6 +41,7 @@ def test_up_serves_a_pixel_into_clickhouse_and_stops_cleanly(tmp_path: Path) -> 
         LEADBACK_INGEST_PORT=str(port),
         LEADBACK_CLICKHOUSE_URL=f"chdb://{data / 'chdb'}",
         LEADBACK_SEGMENTER_METRICS_PORT="0",
+        LEADBACK_ADMIN_PORT=str(free_port()),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "leadback", "up"],

@@ -275,14 +275,14 @@ class Segmenter:
         if self._observer is not None:
             await self._observe(inserted)
         owned = self._consumer.assignment()
-        for batch in inserted:
-            if batch.partition not in owned:
-                continue  # revoked meanwhile: the new owner replays it with the same token
+        done = [b for b in inserted if b.partition in owned]  # else: the new owner replays it
+        if done:
             try:
-                await self._consumer.commit({batch.partition: batch.last_offset + 1})
+                await self._consumer.commit({b.partition: b.last_offset + 1 for b in done})
             except (CommitFailed, BrokerUnavailableError) as exc:
-                # Harmless: whoever reads the range again replays it with the same token.
-                log.warning("commit failed after insert", partition=batch.partition, error=str(exc))
+                # Harmless: whoever reads the ranges again replays them with the same tokens.
+                log.warning("commit failed after insert", error=str(exc))
+        for batch in done:
             self.stats.events_inserted += batch.count
             self.stats.batches_inserted += 1
             if batch.replay is not None:
