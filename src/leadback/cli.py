@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -14,6 +17,9 @@ from leadback.errors import ConfigError, LeadbackError
 from leadback.logs import configure_logging
 from leadback.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from leadback.admin.client import AdminClient
+
 app = typer.Typer(
     help="Leadback: pixel ingest, live audiences, destinations.",
     no_args_is_help=True,
@@ -21,6 +27,11 @@ app = typer.Typer(
 )
 events_app = typer.Typer(help="Look at the event topics.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
+audiences_app = typer.Typer(
+    help="Define audiences and look at their members, through the admin API.",
+    no_args_is_help=True,
+)
+app.add_typer(audiences_app, name="audiences")
 
 
 def _settings() -> Settings:
@@ -138,6 +149,239 @@ def events_tail(
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+# -- audiences and erasure: clients of the admin API ------------------------------------------
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="LEADBACK_ADMIN_URL",
+        help="admin API base URL (default: http://<admin.host>:<admin.port> of the settings)",
+        show_default=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="LEADBACK_ADMIN_TOKEN",
+        help="bearer token (default: the first of LEADBACK_ADMIN_TOKENS, or the generated one)",
+        show_default=False,
+    ),
+]
+SiteArg = Annotated[str, typer.Argument(help="site id")]
+AudienceArg = Annotated[str, typer.Argument(help="audience id")]
+
+
+def _admin_client(url: str | None, token: str | None) -> AdminClient:
+    from leadback.admin.client import AdminClient
+
+    if url is None or token is None:
+        settings = _settings()
+        if url is None:
+            if not settings.admin.port:
+                typer.echo("error: the admin API is off (admin.port = 0); give --url", err=True)
+                raise typer.Exit(1)
+            host = settings.admin.host
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            url = f"http://{host}:{settings.admin.port}"
+        if token is None:
+            from leadback.admin.tokens import admin_tokens
+
+            try:
+                token = admin_tokens(settings)[0]
+            except ConfigError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from exc
+    return AdminClient(url, token)
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    try:
+        yield
+    except LeadbackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _read_document(path: str) -> Any:
+    import yaml
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        return yaml.safe_load(text)  # JSON is YAML too
+    except OSError as exc:
+        typer.echo(f"error: cannot read {path}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())
+        typer.echo(f"error: {path} is not valid YAML or JSON: {problem}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@audiences_app.command("apply")
+def audiences_apply(
+    file: Annotated[
+        str,
+        typer.Option(
+            "-f",
+            "--file",
+            help="YAML or JSON: one audience, a list, or {audiences: [...]}; - for stdin",
+        ),
+    ],
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Create or update audiences. All are validated before any is written."""
+    document = _read_document(file)
+    with _one_line_errors(), _admin_client(url, token) as client:
+        for r in client.apply(document):
+            typer.echo(f"{r['status']} {r['site']}/{r['id']} (version {r['version']})")
+
+
+@audiences_app.command("list")
+def audiences_list(
+    site: Annotated[str | None, typer.Option(help="only this site")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Audiences with their versions and member counts."""
+    with _one_line_errors(), _admin_client(url, token) as client:
+        found = client.list_audiences(site)
+    rows = [["SITE", "ID", "VERSION", "MEMBERS", "TTL", "LEVEL", "NAME"]]
+    rows += [
+        [
+            a["site"],
+            a["id"],
+            str(a["version"]),
+            str(a["members"]),
+            a["ttl"] or "-",
+            "product" if a["product_level"] else "person",
+            a["name"],
+        ]
+        for a in found
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@audiences_app.command("show")
+def audiences_show(
+    site: SiteArg, audience_id: AudienceArg, url: UrlOption = None, token: TokenOption = None
+) -> None:
+    """One definition as YAML, with its version and size."""
+    import yaml
+
+    with _one_line_errors(), _admin_client(url, token) as client:
+        a = client.show(site, audience_id)
+    typer.echo(
+        f"# {a['site']}/{a['id']}: version {a['version']}, {a['size']} members, "
+        f"updated {a['updated_at']}"
+    )
+    typer.echo(yaml.safe_dump(a["definition"], sort_keys=False, allow_unicode=True).rstrip())
+
+
+@audiences_app.command("delete")
+def audiences_delete(
+    site: SiteArg, audience_id: AudienceArg, url: UrlOption = None, token: TokenOption = None
+) -> None:
+    """Delete an audience; its members exit."""
+    with _one_line_errors(), _admin_client(url, token) as client:
+        r = client.delete(site, audience_id)
+    typer.echo(f"deleted {site}/{audience_id} (version {r['version']})")
+
+
+@audiences_app.command("explain")
+def audiences_explain(
+    site: SiteArg, audience_id: AudienceArg, url: UrlOption = None, token: TokenOption = None
+) -> None:
+    """The ClickHouse SQL an audience compiles to."""
+    with _one_line_errors(), _admin_client(url, token) as client:
+        r = client.explain(site, audience_id)
+    typer.echo(
+        f"-- rule\n{r['rule']}\n\n-- who qualifies\n{r['members']}\n\n"
+        f"-- stored memberships\n{r['previous']}"
+    )
+
+
+@audiences_app.command("members")
+def audiences_members(
+    site: SiteArg,
+    audience_id: AudienceArg,
+    limit: Annotated[int, typer.Option(min=1, help="print at most this many")] = 100,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Members as tab-separated lines: visitor id, entered at, products."""
+    shown = 0
+    cursor: str | None = None
+    with _one_line_errors(), _admin_client(url, token) as client:
+        while shown < limit:
+            page = client.members(site, audience_id, limit=min(limit - shown, 1000), cursor=cursor)
+            for m in page["members"]:
+                typer.echo(f"{m['visitor_id']}\t{m['entered_at']}\t{','.join(m['products'])}")
+            shown += len(page["members"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    if cursor:
+        typer.echo(f"(more than {shown}; raise --limit or use export)", err=True)
+
+
+@audiences_app.command("export")
+def audiences_export(
+    site: SiteArg,
+    audience_id: AudienceArg,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file to write; default stdout")
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Every member with e-mail/phone SHA-256 hashes, as CSV or JSON lines."""
+    if fmt not in ("csv", "jsonl"):
+        typer.echo("error: --format is csv or jsonl", err=True)
+        raise typer.Exit(2)
+    sink = output.open("wb") if output is not None else typer.get_binary_stream("stdout")
+    try:
+        with _one_line_errors(), _admin_client(url, token) as client:
+            for chunk in client.export(site, audience_id, fmt=fmt):
+                sink.write(chunk)
+    except typer.Exit:
+        if output is not None:
+            sink.close()
+            output.unlink(missing_ok=True)  # no half-written export left behind
+        raise
+    if output is not None:
+        sink.close()
+    else:
+        sink.flush()
+
+
+@app.command()
+def erase(
+    site: Annotated[str, typer.Option("--site", help="site id")],
+    visitor: Annotated[str | None, typer.Option("--visitor", help="a visitor id")] = None,
+    user: Annotated[str | None, typer.Option("--user", help="a user id")] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Erase a visitor or a user (with every linked visitor id): events, contacts, identity
+    and memberships, after an `exit` to every audience they were in."""
+    if (visitor is None) == (user is None):
+        typer.echo("error: give exactly one of --visitor or --user", err=True)
+        raise typer.Exit(2)
+    with _one_line_errors(), _admin_client(url, token) as client:
+        r = client.erase(site, visitor_id=visitor, user_id=user)
+    typer.echo(
+        f"erased on {site}: {len(r['persons'])} person(s), {len(r['visitors'])} visitor id(s), "
+        f"{r['exits']} audience exit(s)"
+    )
 
 
 def main() -> None:

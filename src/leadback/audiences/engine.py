@@ -493,10 +493,18 @@ class AudienceEngine:
 
     # -- admin operations -----------------------------------------------------------------
 
-    def explain(self, spec: AudienceSpec, version: int = 0) -> dict[str, str]:
+    def explain(
+        self,
+        spec: AudienceSpec,
+        version: int = 0,
+        site_audiences: dict[str, AudienceSpec] | None = None,
+    ) -> dict[str, str]:
         """The SQL an audience compiles to: its rule expression, the statement that finds who
-        qualifies among a batch's visitors, and the one that reads their memberships."""
-        site_specs = {a.spec.id: a.spec for a in self._audiences.get(spec.site, [])}
+        qualifies among a batch's visitors, and the one that reads their memberships.
+        ``site_audiences`` resolve ``in_audience`` (default: the definitions last loaded)."""
+        site_specs = site_audiences
+        if site_specs is None:
+            site_specs = {a.spec.id: a.spec for a in self._audiences.get(spec.site, [])}
         rule = compile_rule(spec, site_specs)
         query = build_evaluation(
             self._db, [VersionedAudience(spec, version)], site_specs, incremental=True
