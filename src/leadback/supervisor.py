@@ -176,7 +176,7 @@ def _banner(settings: Settings, base: str, bootstrap: str) -> str:
         f'\'{{"batch":[{{"type":"page_view","anonymous_id":"a1"}}]}}\' {base}/v1/events\n'
         f"  Kafka        {bootstrap} (embedded; `leadback events tail` follows the events)\n"
         f"  ClickHouse   {settings.clickhouse.url} (database {settings.clickhouse.database};"
-        ' `leadback sql "SELECT ..."`)\n'
+        ' after Ctrl-C: `leadback sql "SELECT ..."`)\n'
         f"{_admin_lines(settings)}"
         "  Stop         Ctrl-C\n"
     )
