@@ -97,6 +97,7 @@ class Segmenter:
         )
         self.stats = SegmenterStats()
         self.running = False
+        self._backlog = False
 
     @property
     def observer(self) -> BatchObserver | None:
@@ -172,6 +173,9 @@ class Segmenter:
             log.warning("fetch failed; retrying", error=str(exc))
             await asyncio.sleep(self._settings.retry_initial_s)
             return
+        # A full fetch means a backlog: batches then grow to their size limit instead of
+        # flushing by age, which keeps catch-up rounds large.
+        self._backlog = sum(len(m) for m in fetched.values()) >= self._settings.fetch_max_records
         for partition, messages in fetched.items():
             await self._accept(partition, messages)
 
@@ -222,7 +226,7 @@ class Segmenter:
         interval = self._settings.flush_interval_ms / 1000
         now = self._clock.monotonic()
         batches = [b for b in self._batches.values() if b.count]
-        if not force and not any(now - b.started >= interval for b in batches):
+        if not force and (self._backlog or not any(now - b.started >= interval for b in batches)):
             return
         # One round takes every partition's batch, not only the due ones: the evaluation after
         # the inserts costs about the same for one partition as for all.
