@@ -175,6 +175,22 @@ class SegmenterSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
 
 
+def split_secret_list(v: Any) -> Any:
+    """``"a,b"`` / ``"a b"`` / ``'["a","b"]'`` -> a list (for list-of-secret settings).
+
+    Never raises: pydantic would echo the raw (secret) input in its error.
+    """
+    if isinstance(v, str):
+        text = v.strip()
+        if text.startswith("["):
+            try:
+                return orjson.loads(text)
+            except orjson.JSONDecodeError:
+                return [text]
+        return [k for k in text.replace(",", " ").split() if k]
+    return v
+
+
 class IdentitySettings(BaseModel):
     """Contact details in traits: the keys that encrypt them, the region for local phones."""
 
@@ -193,16 +209,7 @@ class IdentitySettings(BaseModel):
     @field_validator("contact_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
-        # Never raise here: pydantic would echo the raw (secret) input in the error.
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                try:
-                    return orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    return [text]
-            return [k for k in text.replace(",", " ").split() if k]
-        return v
+        return split_secret_list(v)
 
     @field_validator("contact_keys")
     @classmethod
@@ -249,15 +256,7 @@ class AdminSettings(BaseModel):
     @field_validator("tokens", mode="before")
     @classmethod
     def _split_tokens(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                try:
-                    return orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    return [text]
-            return [k for k in text.replace(",", " ").split() if k]
-        return v
+        return split_secret_list(v)
 
 
 class Settings(BaseSettings):

@@ -60,22 +60,6 @@ _DURATION = re.compile(r"^\s*(\d{1,6})\s*(s|m|h|d|w)\s*$")
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 MAX_DURATION_MS = 3 * 365 * 86_400_000
 PropertyKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")]
-FIELDS = (
-    "url",
-    "referrer",
-    "name",
-    "utm.source",
-    "utm.medium",
-    "utm.campaign",
-    "utm.term",
-    "utm.content",
-    "click_ids.gclid",
-    "click_ids.fbclid",
-    "click_ids.yclid",
-    "click_ids.ttclid",
-    "click_ids.msclkid",
-    "context.language",
-)
 FieldName = Literal[
     "url",
     "referrer",

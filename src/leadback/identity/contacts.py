@@ -34,16 +34,15 @@ Only top-level trait keys are recognized; contact details nested deeper pass thr
 from __future__ import annotations
 
 import hashlib
-import os
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import phonenumbers
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from leadback.errors import ConfigError, ContactDecryptError, InvalidInputError
+from leadback.generated_secrets import generated_secret
 from leadback.logs import get_logger
 
 if TYPE_CHECKING:
@@ -282,17 +281,9 @@ def contact_cipher(settings: Settings) -> ContactCipher:
     if settings.environment != "embedded":
         raise ConfigError("LEADBACK_IDENTITY_CONTACT_KEYS is required outside the embedded mode")
     path = settings.data_dir / "secrets" / "contact_key"
-    try:
-        created = _create_key_file(path)
-        key = path.read_text().strip()
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot keep a generated contact key in {path} ({exc.strerror}); "
-            "set LEADBACK_IDENTITY_CONTACT_KEYS"
-        ) from exc
-    if mode & 0o077:
-        log.warning("the contact key file is readable by others", path=str(path))
+    key, created = generated_secret(
+        path, ContactCipher.generate_key, setting="LEADBACK_IDENTITY_CONTACT_KEYS"
+    )
     cipher = ContactCipher([key])
     log.warning(
         "contact details are encrypted with a generated key; "
@@ -301,29 +292,3 @@ def contact_cipher(settings: Settings) -> ContactCipher:
         created=created,
     )
     return cipher
-
-
-def _create_key_file(path: Path) -> bool:
-    """Write a new key to ``path`` unless it exists; True if this call wrote it.
-
-    Several worker processes may start at once: each writes a whole key to its own temporary
-    file and hard-links it into place, which fails if another got there first, so every
-    process ends up reading the same complete key.
-    """
-    if path.exists():
-        return False
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            os.fchmod(f.fileno(), 0o600)  # in case a stale temporary file had other bits
-            f.write(ContactCipher.generate_key() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
