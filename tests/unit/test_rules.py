@@ -159,3 +159,47 @@ def test_the_shipped_examples_are_valid() -> None:
     by_id = {s.id: s for s in specs}
     for spec in specs:
         compile_rule(spec, by_id)
+
+
+def test_trigger_types_say_which_events_can_change_an_audience() -> None:
+    from leadback.audiences.compiler import trigger_types
+
+    cart = parse_audience(
+        audience({"then_not": {"did": {"event": "add_to_cart"}, "then": {"event": "purchase"}}})
+    )
+    assert trigger_types(cart, {}) == {"add_to_cart", "purchase"}
+    idle = parse_audience({**audience({"all": [{"did": {"event": "lead"}}, {"idle": "1h"}]})})
+    assert trigger_types(idle, {}) is None
+    uses = parse_audience(
+        {**audience({"all": [{"in_audience": "a1"}, {"did": {"event": "signup"}}]}), "id": "b"}
+    )
+    assert trigger_types(uses, {"a1": cart}) == {"add_to_cart", "purchase", "signup"}
+
+
+def test_event_types_of_a_round_come_from_the_top_level_field() -> None:
+    import orjson
+
+    from leadback.audiences.engine import event_types
+
+    values = [
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "event_id": "e1",
+                "site_id": "s",
+                "visitor_id": "v",
+                "type": "purchase",
+                "properties": {"items": [{"type": "gift"}]},
+            }
+        ),
+        orjson.dumps(
+            {
+                "schema_version": 1,
+                "event_id": "e2",
+                "site_id": "s",
+                "visitor_id": "v",
+                "type": "page_view",
+            }
+        ),
+    ]
+    assert event_types(values) == {"purchase", "page_view"}

@@ -254,11 +254,33 @@ def product_ids_sql(key: str) -> str:
     )
 
 
-def uses_in_audience(spec: AudienceSpec) -> bool:
+def trigger_types(
+    spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]
+) -> frozenset[str] | None:
+    """Event types whose arrival can change ``spec``'s result (``None``: any event can, as with
+    ``idle``). Events of other types leave it as it was; only time can change it then, and the
+    timer pass sees to that."""
+    found: set[str] = set()
     stack: list[Condition] = [spec.rule]
+    seen = {spec.id}
     while stack:
         c = stack.pop()
-        if isinstance(c, InAudienceCond):
-            return True
+        if isinstance(c, IdleCond | SeenWithinCond):
+            return None
+        if isinstance(c, DidCond):
+            found.update(c.did.types)
+        elif isinstance(c, ThenNotCond):
+            found.update(c.then_not.did.types)
+            found.update(c.then_not.then.types)
+        elif isinstance(c, SequenceCond):
+            for step in c.sequence.steps:
+                found.update(step.types)
+        elif isinstance(c, InAudienceCond):
+            target = site_audiences.get(c.in_audience)
+            if target is None:
+                return None
+            if target.id not in seen:
+                seen.add(target.id)
+                stack.append(target.rule)
         stack.extend(children(c))
-    return False
+    return frozenset(found)

@@ -27,7 +27,7 @@ import orjson
 
 from leadback import failpoints
 from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_record
-from leadback.audiences.compiler import compile_rule
+from leadback.audiences.compiler import compile_rule, trigger_types
 from leadback.audiences.diff import Key, Stored, transitions
 from leadback.audiences.query import EvaluationQuery, VersionedAudience, build_evaluation
 from leadback.audiences.repository import AudienceRepository, StoredAudience
@@ -72,6 +72,18 @@ class Erasure:
     exits: int
 
 
+def event_types(values: Sequence[bytes]) -> set[str]:
+    """The ``type`` of each canonical event: the first ``"type":"`` of the line is the top-level
+    one (the keys before it, ids and site, cannot hold quotes)."""
+    found: set[str] = set()
+    for v in values:
+        i = v.find(b'"type":"')
+        if i >= 0:
+            j = v.find(b'"', i + 8)
+            found.add(v[i + 8 : j].decode())
+    return found
+
+
 class AudienceEngine:
     """Evaluates audiences in ClickHouse and publishes the resulting changes."""
 
@@ -92,6 +104,7 @@ class AudienceEngine:
         self._lock = asyncio.Lock()
         self._audiences: dict[str, list[StoredAudience]] = {}
         self._queries: dict[tuple[Any, ...], EvaluationQuery] = {}
+        self._triggers: dict[tuple[str, str, int], frozenset[str] | None] = {}
         self._last_due: dict[str, int] = {}
         self._last_sweep = -_SWEEP_EVERY_S
         self._last_reload = -_RELOAD_EVERY_S
@@ -161,15 +174,23 @@ class AudienceEngine:
             if visitor and not visitor.startswith("e:"):
                 by_site.setdefault(site, set()).add(visitor)
         events = [orjson.loads(v) for v in values if any(m in v for m in _IDENTITY_MARKERS)]
+        types = event_types(values)
         async with self._lock:
             for site in sorted({*by_site, *(str(e.get("site_id")) for e in events)}):
                 site_events = [e for e in events if e.get("site_id") == site]
                 lost, moved = await self._apply_identity(site, site_events)
-                if not self._audiences.get(site):
+                # Only the audiences these event types can change (all of them when persons
+                # merged); the rest can only change with time, which the timer pass covers.
+                audiences = self._audiences.get(site, [])
+                if not (lost or moved):
+                    audiences = [a for a in audiences if self._triggered(a, types)]
+                if not audiences:
                     continue
                 visitors = by_site.get(site, set()) | moved
                 persons = set((await self.identity.persons_of(site, visitors)).values()) | lost
-                await self._evaluate_persons(site, persons, token=f"{token}|{site}")
+                await self._evaluate_persons(
+                    site, persons, token=f"{token}|{site}", audiences=audiences
+                )
 
     async def _apply_identity(
         self, site: str, events: list[dict[str, Any]]
@@ -231,15 +252,30 @@ class AudienceEngine:
             self._queries[key] = query
         return query
 
-    async def _evaluate_persons(self, site: str, persons: set[str], *, token: str) -> int:
-        """Incremental evaluation of every audience of ``site`` for ``persons``."""
+    def _triggered(self, audience: StoredAudience, types: set[str]) -> bool:
+        key = (audience.spec.site, audience.spec.id, audience.version)
+        if key not in self._triggers:
+            site_specs = {a.spec.id: a.spec for a in self._audiences.get(audience.spec.site, [])}
+            self._triggers[key] = trigger_types(audience.spec, site_specs)
+        triggers = self._triggers[key]
+        return triggers is None or not triggers.isdisjoint(types)
+
+    async def _evaluate_persons(
+        self,
+        site: str,
+        persons: set[str],
+        *,
+        token: str,
+        audiences: Sequence[StoredAudience] | None = None,
+    ) -> int:
+        """Incremental evaluation of ``audiences`` (default: all of ``site``) for ``persons``."""
         if not persons:
             return 0
         members = await self.identity.visitors_of(site, persons)
         visitors = set().union(*members.values())
         return await self._evaluate(
             site,
-            self._audiences.get(site, []),
+            self._audiences.get(site, []) if audiences is None else audiences,
             visitors=visitors,
             persons=persons,
             token=token,
@@ -392,6 +428,7 @@ class AudienceEngine:
         if active != self._audiences:
             self._audiences = active
             self._queries.clear()
+            self._triggers.clear()
         if not refresh:
             return
         stale = [a for a in stored if evaluated.get((a.spec.site, a.spec.id)) != a.version]
