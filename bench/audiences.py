@@ -56,6 +56,8 @@ from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
 CORE_SERVER, CORE_CLIENT = 0, 1
+# Partitions of the events topic in the freshness run: what `leadback up` creates.
+PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "2"))
 SITES = {"shop": 0.6, "news": 0.25, "saas": 0.15}
 VISITORS_PER_SITE = 4000
 MIX = [
@@ -305,7 +307,7 @@ async def freshness(
         "changes": f"fr-changes-{rid}",
     }
     await ensure_topics(
-        broker.bootstrap, {names["events"]: 6, names["invalid"]: 1, names["changes"]: 6}
+        broker.bootstrap, {names["events"]: PARTITIONS, names["invalid"]: 1, names["changes"]: 6}
     )
     chdb = workdir / f"fresh-{rid}"
     audiences = audiences_yaml(["demo"]) + PROBE

@@ -73,12 +73,25 @@ class KafkaSettings(BaseModel):
     topic_invalid: str = "leadback.events.invalid.v1"
     topic_changes: str = "leadback.audiences.changes.v1"
     topic_dead: str = "leadback.dispatch.dead.v1"
-    partitions: int = Field(6, ge=1, le=1024, description="partitions for topics Leadback creates")
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="partitions for topics Leadback creates; default 6, or 2 on the embedded "
+        "broker (one segmenter, and each partition costs an insert per round)",
+    )
     embedded_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 = any free")
 
     @property
     def is_embedded(self) -> bool:
         return self.bootstrap == EMBEDDED
+
+    @property
+    def topic_partitions(self) -> int:
+        """Partitions of the events and change topics Leadback creates."""
+        if self.partitions is not None:
+            return self.partitions
+        return 2 if self.is_embedded else 6
 
     def producer_idempotent(self, *, embedded_broker: bool) -> bool:
         if self.idempotent is not None:

@@ -17,9 +17,9 @@ TOPIC_ALREADY_EXISTS = 36
 def leadback_topics(kafka: KafkaSettings) -> dict[str, int]:
     """Every topic Leadback uses, with the partition count it creates them with."""
     return {
-        kafka.topic_events: kafka.partitions,
-        kafka.topic_invalid: max(1, kafka.partitions // 2),
-        kafka.topic_changes: kafka.partitions,
+        kafka.topic_events: kafka.topic_partitions,
+        kafka.topic_invalid: max(1, kafka.topic_partitions // 2),
+        kafka.topic_changes: kafka.topic_partitions,
         kafka.topic_dead: 1,
     }
 
