@@ -23,9 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
-import urllib.request
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +33,7 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer
 
+from bench.common import CORE_CLIENT, CORE_SERVER, apply_audiences_offline, pin, wait_ready
 from bench.loadgen import run_load
 from leadback.audiences.repository import AudienceRepository
 from leadback.audiences.rules import parse_audiences
@@ -55,7 +54,6 @@ from leadback.settings import (
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
-CORE_SERVER, CORE_CLIENT = 0, 1
 # Partitions of the events topic in the freshness run: what `leadback up` creates.
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "2"))
 SITES = {"shop": 0.6, "news": 0.25, "saas": 0.15}
@@ -186,11 +184,6 @@ def _wall(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def _pin(pid: int, core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
-
-
 async def preload(broker: EmbeddedBroker, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     producer = KafkaRecordProducer(
         **producer_options(
@@ -235,7 +228,7 @@ async def consume_once(
         engine = build_engine(settings, store, producer)
         await engine.start()
     seg = build_segmenter(settings, store, broker.bootstrap, producer, engine)
-    _pin(0, CORE_SERVER)
+    pin(0, CORE_SERVER)
     stop = asyncio.Event()
     task = asyncio.create_task(seg.run(stop))
     join = time.perf_counter()
@@ -249,7 +242,7 @@ async def consume_once(
     cpu = time.process_time() - cpu0
     stop.set()
     await task
-    _pin(0, CORE_CLIENT)
+    pin(0, CORE_CLIENT)
     members = 0
     if engine is not None:
         rows = await store.query(
@@ -270,25 +263,6 @@ async def consume_once(
     }
 
 
-SETUP = textwrap.dedent(
-    """
-    import asyncio, sys, yaml
-    from leadback.settings import ClickHouseSettings
-    from leadback.store.client import ClickHouseStore
-    from leadback.store.migrations import migrate
-    from leadback.audiences.repository import AudienceRepository
-    from leadback.audiences.rules import parse_audiences
-
-    async def main():
-        store = ClickHouseStore(ClickHouseSettings(url="chdb://" + sys.argv[1]))
-        await migrate(store)
-        for spec in parse_audiences(yaml.safe_load(sys.argv[2])):
-            await AudienceRepository(store).put(spec)
-        await store.close()
-
-    asyncio.run(main())
-    """
-)
 PROBE = """
 - id: probe
   site: demo
@@ -311,7 +285,7 @@ async def freshness(
     )
     chdb = workdir / f"fresh-{rid}"
     audiences = audiences_yaml(["demo"]) + PROBE
-    subprocess.run([sys.executable, "-c", SETUP, str(chdb), audiences], check=True, timeout=300)
+    apply_audiences_offline(chdb, audiences)
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -331,15 +305,10 @@ async def freshness(
     py = [sys.executable, "-m", "leadback"]
     segmenter = subprocess.Popen([*py, "segmenter"], env=env)
     ingest = subprocess.Popen([*py, "ingest"], env=env)
-    _pin(segmenter.pid, CORE_SERVER)
-    _pin(ingest.pid, CORE_SERVER)
+    pin(segmenter.pid, CORE_SERVER)
+    pin(ingest.pid, CORE_SERVER)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1):
-                break
-        except OSError:
-            await asyncio.sleep(0.1)
+    await wait_ready(base)
     consumer = AIOKafkaConsumer(
         names["changes"],
         bootstrap_servers=broker.bootstrap,
@@ -435,14 +404,14 @@ async def main() -> None:
     )
     args = parser.parse_args()
     configure_logging("warning")
-    _pin(0, CORE_CLIENT)
+    pin(0, CORE_CLIENT)
     now = time.time()
     records = make_events(args.events, now)
     audiences = audiences_yaml(list(SITES))
     cost: list[dict[str, Any]] = []
     fresh: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leadback-bench-") as tmp, EmbeddedBroker() as broker:
-        _pin(broker.pid or 0, CORE_CLIENT)
+        pin(broker.pid or 0, CORE_CLIENT)
         topic = f"cost-{uuid.uuid4().hex[:8]}"
         await ensure_topics(broker.bootstrap, {topic: 6, f"{topic}-invalid": 1})
         await preload(broker, topic, records)

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from bench.common import CORE_CLIENT, CORE_SERVER, pin, wait_ready
 from bench.loadgen import run_load
 from leadback.broker import EmbeddedBroker, free_port
 from leadback.kafka.config import producer_options
@@ -48,12 +49,6 @@ QUERY = (
     "&cur=EUR&eid=b{r}-{n}"
 )
 COOKIE = "lb_vid=0123456789abcdef0123456789abcdef"
-CORE_SERVER, CORE_CLIENT = 0, 1
-
-
-def _pin(pid: int, core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
 
 
 def _request(round_id: str, host: str) -> Any:
@@ -93,14 +88,9 @@ async def one_round(
         LEADBACK_LOG_LEVEL="warning",
     )
     ingest = subprocess.Popen([sys.executable, "-m", "leadback", "ingest"], env=env)
-    _pin(ingest.pid, CORE_SERVER)
+    pin(ingest.pid, CORE_SERVER)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=1):
-                break
-        except OSError:
-            await asyncio.sleep(0.1)
+    await wait_ready(base)
     cpu_before = _proc_cpu(ingest.pid)
     load = await run_load(
         "127.0.0.1",
@@ -134,7 +124,7 @@ async def one_round(
     )
     await invalid.start()
     seg = build_segmenter(settings, store, broker.bootstrap, invalid)
-    _pin(0, CORE_SERVER)
+    pin(0, CORE_SERVER)
     stop = asyncio.Event()
     task = asyncio.create_task(seg.run(stop))
     # Time the consuming, not the consumer-group join (a few seconds on the embedded broker).
@@ -147,7 +137,7 @@ async def one_round(
     seg_seconds = time.perf_counter() - t0
     stop.set()
     await task
-    _pin(0, CORE_CLIENT)
+    pin(0, CORE_CLIENT)
     rows = int((await store.query(f"SELECT count() FROM {store.database}.events"))[0][0])
     await store.command(f"DROP DATABASE {store.database}")
     await store.close()
@@ -180,10 +170,10 @@ async def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     configure_logging("warning")
-    _pin(0, CORE_CLIENT)
+    pin(0, CORE_CLIENT)
     results = []
     with tempfile.TemporaryDirectory(prefix="leadback-bench-") as tmp, EmbeddedBroker() as broker:
-        _pin(broker.pid or 0, CORE_CLIENT)
+        pin(broker.pid or 0, CORE_CLIENT)
         for i in range(args.rounds):
             r = await one_round(
                 broker, Path(tmp), seconds=args.seconds, connections=args.connections

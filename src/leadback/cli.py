@@ -234,12 +234,47 @@ def audiences_apply(
     ],
     url: UrlOption = None,
     token: TokenOption = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            help="write straight to ClickHouse (LEADBACK_CLICKHOUSE_URL) instead of the admin "
+            "API, e.g. into a chDB directory before the segmenter starts"
+        ),
+    ] = False,
 ) -> None:
     """Create or update audiences. All are validated before any is written."""
     document = _read_document(file)
+    if offline:
+        settings = _settings()
+        with _one_line_errors():
+            written = asyncio.run(_apply_offline(settings, document))
+        for status, site, audience_id, version in written:
+            typer.echo(f"{status} {site}/{audience_id} (version {version})")
+        return
     with _one_line_errors(), _admin_client(url, token) as client:
         for r in client.apply(document):
             typer.echo(f"{r['status']} {r['site']}/{r['id']} (version {r['version']})")
+
+
+async def _apply_offline(settings: Settings, document: Any) -> list[tuple[str, str, str, int]]:
+    from leadback.audiences.repository import AudienceRepository
+    from leadback.audiences.rules import parse_audiences
+    from leadback.store.client import ClickHouseStore
+    from leadback.store.migrations import migrate
+
+    specs = parse_audiences(document)
+    store = ClickHouseStore(settings.clickhouse)
+    try:
+        await migrate(store)
+        repo = AudienceRepository(store)
+        done = []
+        for spec in specs:
+            stored, changed = await repo.put(spec)
+            status = "written" if changed else "unchanged"
+            done.append((status, spec.site, spec.id, stored.version))
+        return done
+    finally:
+        await store.close()
 
 
 @audiences_app.command("list")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -119,32 +119,20 @@ async def test_pixels_make_enters_and_exits_on_the_change_topic(
     assert final[("quick_abandoners", "vis-2")]["reason"] == "no_longer_qualifies"
 
 
-SETUP = textwrap.dedent(
-    """
-    import asyncio, sys, yaml
-    from leadback.settings import ClickHouseSettings
-    from leadback.store.client import ClickHouseStore
-    from leadback.store.migrations import migrate
-    from leadback.audiences.repository import AudienceRepository
-    from leadback.audiences.rules import parse_audiences
-
-    async def main():
-        store = ClickHouseStore(ClickHouseSettings(url="chdb://" + sys.argv[1]))
-        await migrate(store)
-        for spec in parse_audiences(yaml.safe_load(sys.argv[2])):
-            await AudienceRepository(store).put(spec)
-        await store.close()
-
-    asyncio.run(main())
-    """
-)
-
-
 async def test_changes_survive_a_crash_before_publishing_with_the_same_versions(
     topics: Settings, tmp_path: Path
 ) -> None:
     chdb = tmp_path / "seg-chdb"
-    subprocess.run([sys.executable, "-c", SETUP, str(chdb), AUDIENCES], check=True, timeout=120)
+    # Written before the segmenter starts: the chDB directory belongs to one process.
+    out = subprocess.run(
+        [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],
+        input=AUDIENCES.encode(),
+        env={**os.environ, "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}"},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.decode().count("written demo/") == 2
     producer = KafkaRecordProducer(
         **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
     )

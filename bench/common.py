@@ -1,0 +1,45 @@
+"""Pieces both benchmarks use: core pinning and waiting for a service to be ready."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+CORE_SERVER, CORE_CLIENT = 0, 1
+
+
+def pin(pid: int, core: int) -> None:
+    """Run ``pid`` (0: this process) on one core only, where the machine has two."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(pid, {core})
+
+
+async def wait_ready(base: str, timeout_s: float = 30.0) -> None:
+    """Poll ``<base>/readyz`` until it answers."""
+    for _ in range(int(timeout_s * 10)):
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1):
+                return
+        except OSError:
+            await asyncio.sleep(0.1)
+
+
+def apply_audiences_offline(chdb: Path, document: str) -> None:
+    """Write audience definitions into a chDB directory no process holds yet."""
+    env = {
+        **os.environ,
+        "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}",
+        "LEADBACK_LOG_LEVEL": "warning",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],
+        input=document.encode(),
+        env=env,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
