@@ -81,3 +81,7 @@ class BackpressureError(LeadbackError):
     def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class QueueFullError(LeadbackError):
+    """A client-side send queue is full (the broker is slower than the input, or away)."""

@@ -126,24 +126,26 @@ def event_key(site_id: str, visitor_id: str) -> bytes:
     return f"{site_id}:{visitor_id}".encode()
 
 
-_ts_cache_second = -1
-_ts_cache_prefix = ""
+_TS_CACHE_SIZE = 4096
+_ts_prefixes: dict[int, str] = {}
 
 
 def format_ts(ts: float | None = None) -> str:
     """Unix seconds -> ``2026-11-23T07:00:00.123Z`` (UTC, milliseconds).
 
-    The formatted second is cached: on the pixel path most calls share it.
+    Formatted seconds are cached: on the pixel path most calls share a few of them (the
+    server's clock and the clients' send times).
     """
-    global _ts_cache_second, _ts_cache_prefix  # noqa: PLW0603 - a one-slot cache
     if ts is None:
         ts = time.time()
-    ms_total = int(ts * 1000)
-    second, ms = divmod(ms_total, 1000)
-    if second != _ts_cache_second:
-        _ts_cache_prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _ts_cache_second = second
-    return f"{_ts_cache_prefix}.{ms:03d}Z"
+    second, ms = divmod(int(ts * 1000), 1000)
+    prefix = _ts_prefixes.get(second)
+    if prefix is None:
+        if len(_ts_prefixes) >= _TS_CACHE_SIZE:
+            _ts_prefixes.clear()
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ts_prefixes[second] = prefix
+    return f"{prefix}.{ms:03d}Z"
 
 
 def format_datetime(value: datetime) -> str:

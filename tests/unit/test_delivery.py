@@ -11,53 +11,66 @@ from typing import Any
 
 import pytest
 
-from leadback.errors import BackpressureError, BrokerUnavailableError
+from leadback.errors import BackpressureError, QueueFullError
 from leadback.kafka.delivery import Delivery
+from leadback.kafka.rdkafka import FailureCallback
 from leadback.kafka.spool import Spool
 
 
 class FakeProducer:
-    """Acks immediately while ``up``; fails sends while down."""
+    """Models librdkafka: a bounded client queue; poll() acks it while ``up``, and fails
+    every queued record (as after message.timeout.ms) while down."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 10_000) -> None:
         self.up = True
+        self.capacity = capacity
+        self.queued: list[tuple[str, bytes | None, bytes, FailureCallback | None]] = []
         self.sent: list[bytes] = []
+        self.on_failure: FailureCallback | None = None
+        self.closed = False
 
-    async def start(self) -> None:
-        if not self.up:
-            raise BrokerUnavailableError("down")
+    def start(self, on_failure: FailureCallback) -> None:
+        self.on_failure = on_failure
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.up:
-            self.sent.append(value)
-            fut.set_result(None)
-        else:
-            fut.set_exception(BrokerUnavailableError("down"))
-        return fut
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_failure: FailureCallback | None = None,
+    ) -> None:
+        if len(self.queued) >= self.capacity:
+            raise QueueFullError("full")
+        self.queued.append((topic, key, value, on_failure))
 
-    async def flush(self) -> None:
-        return None
+    def poll(self) -> None:
+        queued, self.queued = self.queued, []
+        for topic, key, value, callback in queued:
+            if self.up:
+                self.sent.append(value)
+            else:
+                (callback or self.on_failure)(topic, key, value, "timed out")  # type: ignore[misc]
+
+    def pending(self) -> int:
+        return len(self.queued)
 
     async def probe(self, timeout: float) -> bool:
         return self.up
 
-    async def stop(self) -> None:
-        return None
+    def purge(self) -> None:
+        queued, self.queued = self.queued, []
+        for topic, key, value, callback in queued:
+            (callback or self.on_failure)(topic, key, value, "purged")  # type: ignore[misc]
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def make(tmp_path: Path, producer: FakeProducer, **kw: Any) -> Delivery:
     spool = Spool.open(
         tmp_path / "spool", max_bytes=kw.pop("spool_max", 1 << 20), segment_bytes=4096
     )
-    return Delivery(
-        producer,
-        spool,
-        queue_max_events=kw.pop("queue_max", 1000),
-        queue_max_bytes=1 << 20,
-        stall_s=0.5,
-        probe_interval_s=0.05,
-    )
+    return Delivery(producer, spool, stall_s=0.5, probe_interval_s=0.05, poll_interval_s=0.01)
 
 
 async def wait_until(cond: Any, timeout: float = 5.0) -> None:
@@ -115,12 +128,49 @@ async def test_shutdown_while_away_keeps_records_for_the_next_start(tmp_path: Pa
 
 
 async def test_full_memory_and_spool_is_backpressure_not_silent_loss(tmp_path: Path) -> None:
-    p = FakeProducer()
+    p = FakeProducer(capacity=100)
     p.up = False
-    d = make(tmp_path, p, spool_max=2000, queue_max=100)
+    d = make(tmp_path, p, spool_max=2000)
     await d.start()
+    accepted = 0
     with pytest.raises(BackpressureError):
         for _ in range(1000):
             d.submit("t", None, b"x" * 100)
+            accepted += 1
     assert d.stats.rejected_full == 1
+    assert d.stats.submitted == accepted
+    assert d.stats.spooled + p.pending() == accepted
     await d.close(1)
+
+
+async def test_a_full_client_queue_spools_and_the_spool_is_replayed(tmp_path: Path) -> None:
+    p = FakeProducer(capacity=10)
+    d = make(tmp_path, p)
+    await d.start()
+    for i in range(30):  # no poll in between: the client queue fills after 10
+        d.submit("t", None, b"%d" % i)
+    assert d.stats.queue_full == 1
+    assert d.spool_records == 20
+    await wait_until(lambda: d.ready and len(p.sent) == 30)
+    assert p.sent == [b"%d" % i for i in range(30)]
+    assert d.delivered == 30
+    await d.close(1)
+
+
+async def test_close_spools_what_the_broker_did_not_acknowledge(tmp_path: Path) -> None:
+    p = FakeProducer()
+    d = make(tmp_path, p)
+    await d.start()
+    p.up = False
+    for i in range(5):
+        d.submit("t", None, b"%d" % i)
+    p.poll = lambda: None  # type: ignore[method-assign]  # the broker never answers
+    await d.close(0.2)
+    assert p.closed
+    assert d.stats.spooled == 5
+    p2 = FakeProducer()
+    d2 = make(tmp_path, p2)
+    await d2.start()
+    await wait_until(lambda: len(p2.sent) == 5)
+    assert p2.sent == [b"%d" % i for i in range(5)]
+    await d2.close(1)

@@ -61,6 +61,16 @@ def decide_consent(
     gpc_param: str | None = None,
 ) -> Consent:
     """The consent record of one request (see the module docstring for the rules)."""
+    if not param and gpc_header is None and dnt_header is None and not gpc_param:
+        # Most requests carry no signal at all: the site's default, quickly.
+        granted = default == "granted"
+        return {
+            "status": default,
+            "purposes": ["all"] if granted else [],
+            "gpc": False,
+            "dnt": False,
+            "tracking": granted,
+        }
     value = param.strip() if param else ""
     if not value.isascii():
         raise InvalidInputError("invalid_consent", "not ASCII", field="consent")

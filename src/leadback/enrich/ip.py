@@ -51,8 +51,24 @@ def _parse(ip: str) -> Address | None:
     return addr
 
 
+_TRUNCATED_CACHE_SIZE = 8192
+_truncated: dict[str, str | None] = {}
+
+
 def truncate_ip(ip: str) -> str | None:
     """The /24 (IPv4) or /48 (IPv6) network address of ``ip`` as text; None if not an IP."""
+    # Cached: a client sends many requests, and parsing an address costs a few µs.
+    try:
+        return _truncated[ip]
+    except KeyError:
+        pass
+    if len(_truncated) >= _TRUNCATED_CACHE_SIZE:
+        _truncated.clear()
+    result = _truncated[ip] = _truncate(ip)
+    return result
+
+
+def _truncate(ip: str) -> str | None:
     prefix = _fast_v4_prefix(ip)
     if prefix is not None:
         return prefix + ".0"

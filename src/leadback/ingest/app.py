@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from leadback.enrich.bots import BotDetector
 from leadback.identity.contacts import contact_cipher
@@ -51,13 +51,6 @@ def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
     stats = IngestStats()
     registry = CollectorRegistry()
     registry.register(CallbackCollector(lambda: ingest_samples(stats, delivery)))
-    latency = Histogram(
-        "leadback_delivery_latency_seconds",
-        "time from accepting an event to the broker's ack",
-        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        registry=registry,
-    )
-    delivery.set_latency_observer(latency.observe)
     bots = BotDetector()  # one user-agent cache for the pixel and the API
     cipher = contact_cipher(settings)  # may create the embedded key file: once, here
     ctx = IngestContext(settings, sites, delivery, stats, registry, bots, cipher)

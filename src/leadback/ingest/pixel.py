@@ -41,6 +41,38 @@ _BASE_HEADERS = [
     (b"expires", b"Thu, 01 Jan 1970 00:00:00 GMT"),
     (b"x-content-type-options", b"nosniff"),
 ]
+
+
+def _raw_head(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+
+
+#: The pixel's whole HTTP/1.1 response up to the blank line, for servers that write bytes.
+RAW_HEAD = _raw_head(_BASE_HEADERS)
+
+
+def raw_response(set_cookie: bytes | None, *, head: bool, keep_alive: bool) -> bytes:
+    """The pixel's complete HTTP/1.1 response as bytes (no per-request work when plain)."""
+    if set_cookie is None:
+        return _RAW[head, keep_alive]
+    return b"".join(
+        (
+            RAW_HEAD,
+            b"set-cookie: ",
+            set_cookie,
+            b"\r\n" if keep_alive else b"\r\nconnection: close\r\n",
+            b"\r\n" if head else b"\r\n" + GIF,
+        )
+    )
+
+
+_RAW = {
+    (head, keep_alive): RAW_HEAD
+    + (b"" if keep_alive else b"connection: close\r\n")
+    + (b"\r\n" if head else b"\r\n" + GIF)
+    for head in (False, True)
+    for keep_alive in (False, True)
+}
 _START_PLAIN = {"type": "http.response.start", "status": 200, "headers": _BASE_HEADERS}
 _BODY = {"type": "http.response.body", "body": GIF, "more_body": False}
 _EMPTY_BODY = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -87,40 +119,48 @@ class PixelHandler:
         self._cookie_secure = (attrs + "; HttpOnly; Secure; SameSite=None").encode()
         self._cookie_plain = (attrs + "; HttpOnly; SameSite=Lax").encode()
 
-    async def __call__(self, scope: Scope, send: Any) -> None:
+    def handle(
+        self,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        peer_ip: str | None,
+        https: bool,
+    ) -> bytes | None:
+        """One pixel request (lower-case header names) -> the ``Set-Cookie`` value to send,
+        if any. Never raises for anything a client sends: the event is submitted, or a
+        record with the reason goes to the invalid topic."""
         now = time.time()
         ua = cookie = gpc = dnt = lang = xff = proto = None
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"user-agent":
                 ua = value
             elif name == b"cookie":
                 cookie = value
+            elif name == b"accept-language":
+                lang = value
             elif name == b"sec-gpc":
                 gpc = value
             elif name == b"dnt":
                 dnt = value
-            elif name == b"accept-language":
-                lang = value
             elif name == b"x-forwarded-for":
                 xff = value
             elif name == b"x-forwarded-proto":
                 proto = value
-        peer = scope.get("client")
-        peer_ip = peer[0] if peer else None
-        trusted_peer = bool(self._trusted) and xff is not None
-        ip = client_ip(
-            peer_ip, xff.decode("latin-1") if trusted_peer and xff else None, self._trusted
-        )
+        if self._trusted and xff is not None:
+            ip = client_ip(peer_ip, xff.decode("latin-1"), self._trusted)
+        else:
+            ip = peer_ip
         req = PixelRequest(
-            query=scope.get("query_string", b""),
+            query=query,
             user_agent=ua.decode("latin-1") if ua is not None else None,
             ip=ip,
-            cookie_visitor_id=self._cookie_value(cookie),
+            cookie_visitor_id=self._cookie_value(cookie) if cookie else None,
             gpc_header=gpc.decode("latin-1") if gpc is not None else None,
             dnt_header=dnt.decode("latin-1") if dnt is not None else None,
             accept_language=lang.decode("latin-1") if lang is not None else None,
         )
         set_cookie: str | None = None
+        stats = self._stats
         try:
             result = parse_pixel(req, self._policy, self._bots, now=now)
             event = result.event
@@ -130,37 +170,47 @@ class PixelHandler:
             self._delivery.submit(
                 self._topic, event_key(event["site_id"], event["visitor_id"]), value
             )
-            self._stats.accepted["pixel"] += 1
+            stats.accepted["pixel"] += 1
             set_cookie = result.set_cookie_visitor_id
         except InvalidInputError as exc:
             self._reject(exc.reason, exc.detail, req, now)
         except BackpressureError:
-            self._stats.dropped += 1
+            stats.dropped += 1
             log.error("pixel dropped: memory queue and spool are full")
         except Exception as exc:
             log.exception("pixel handling failed")
             self._reject("internal_error", repr(exc), req, now)
-        self._stats.requests[("pixel", 200)] += 1
+        stats.requests[("pixel", 200)] += 1
+        if set_cookie is None:
+            return None
+        secure = https or proto == b"https"
+        return (
+            self._cookie_prefix
+            + set_cookie.encode()
+            + (self._cookie_secure if secure else self._cookie_plain)
+        )
+
+    async def __call__(self, scope: Scope, send: Any) -> None:
+        """The pixel as an ASGI handler (the server's inline fast path answers most)."""
+        peer = scope.get("client")
+        set_cookie = self.handle(
+            scope.get("query_string", b""),
+            scope["headers"],
+            peer[0] if peer else None,
+            scope.get("scheme") == "https",
+        )
         if set_cookie is None:
             start: dict[str, Any] = _START_PLAIN
         else:
-            secure = scope.get("scheme") == "https" or proto == b"https"
-            cookie_header = (
-                self._cookie_prefix
-                + set_cookie.encode()
-                + (self._cookie_secure if secure else self._cookie_plain)
-            )
             start = {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_BASE_HEADERS, (b"set-cookie", cookie_header)],
+                "headers": [*_BASE_HEADERS, (b"set-cookie", set_cookie)],
             }
         await send(start)
         await send(_EMPTY_BODY if scope.get("method") == "HEAD" else _BODY)
 
-    def _cookie_value(self, header: bytes | None) -> str | None:
-        if not header:
-            return None
+    def _cookie_value(self, header: bytes) -> str | None:
         for part in header.split(b";"):
             part = part.strip()
             if part.startswith(self._cookie_prefix):

@@ -7,29 +7,33 @@ from typing import Any
 import uvicorn
 
 from leadback.ingest.app import IngestApp, create_app
-from leadback.kafka.config import producer_options, resolve_bootstrap
+from leadback.ingest.http import IngestHttpProtocol
+from leadback.kafka.config import resolve_bootstrap
 from leadback.kafka.delivery import Delivery
-from leadback.kafka.producer import KafkaRecordProducer
+from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
 from leadback.kafka.spool import Spool
 from leadback.logs import configure_logging
 from leadback.settings import Settings, load_settings
 
 
 def build_delivery(settings: Settings) -> Delivery:
-    """Producer + disk spool + memory queue, as configured."""
+    """Producer (with its bounded memory queue) + disk spool, as configured."""
     bootstrap, embedded = resolve_bootstrap(settings)
     ing = settings.ingest
-    producer = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
+    producer = RdKafkaProducer(
+        rdkafka_config(
+            settings.kafka,
+            bootstrap,
+            embedded=embedded,
+            queue_max_events=ing.queue_max_events,
+            queue_max_bytes=ing.queue_max_bytes,
+            stall_s=ing.broker_stall_s,
+        )
+    )
     spool = Spool.open(
         settings.spool_dir, max_bytes=ing.spool_max_bytes, segment_bytes=ing.spool_segment_bytes
     )
-    return Delivery(
-        producer,
-        spool,
-        queue_max_events=ing.queue_max_events,
-        queue_max_bytes=ing.queue_max_bytes,
-        stall_s=ing.broker_stall_s,
-    )
+    return Delivery(producer, spool, stall_s=ing.broker_stall_s)
 
 
 def app_factory() -> IngestApp:
@@ -44,7 +48,7 @@ def _uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.ingest.host,
         "port": settings.ingest.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": IngestHttpProtocol,
         "lifespan": "on",
         "access_log": False,
         "log_level": "warning",

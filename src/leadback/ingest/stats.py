@@ -52,7 +52,9 @@ def ingest_samples(stats: IngestStats, delivery: Delivery) -> Iterable[Sample]:
         stats.dropped,
     )
     d = delivery.stats
-    yield Sample("leadback_delivery_delivered", "records acked by Kafka", "counter", d.delivered)
+    yield Sample(
+        "leadback_delivery_delivered", "records acked by Kafka", "counter", delivery.delivered
+    )
     yield Sample(
         "leadback_delivery_spooled", "records written to the disk spool", "counter", d.spooled
     )
@@ -67,12 +69,15 @@ def ingest_samples(stats: IngestStats, delivery: Delivery) -> Iterable[Sample]:
     )
     yield Sample(
         "leadback_delivery_queue_depth",
-        "records in the memory queue",
+        "records in the producer's queue or in flight, not yet acknowledged",
         "gauge",
         delivery.queue_depth,
     )
     yield Sample(
-        "leadback_delivery_inflight", "records sent, not yet acked", "gauge", delivery.inflight
+        "leadback_delivery_queue_full",
+        "times the producer's queue was full (records spooled instead)",
+        "counter",
+        d.queue_full,
     )
     yield Sample(
         "leadback_delivery_spool_bytes",

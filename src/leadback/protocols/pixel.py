@@ -116,7 +116,7 @@ _ATTRIBUTION_LIMITS: Final[dict[str, int]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PixelRequest:
     """What the pixel parser needs from one HTTP request."""
 
@@ -148,6 +148,49 @@ class PixelResult:
     set_cookie_visitor_id: str | None  # the id to (re)set in the cookie; None = no cookie
 
 
+# "%XX" -> the byte, for every hex pair in either case; the character when it is ASCII.
+_HEX_DIGITS: Final = "0123456789abcdefABCDEF"
+_HEX_BYTE: Final = {a + b: bytes([int(a + b, 16)]) for a in _HEX_DIGITS for b in _HEX_DIGITS}
+_HEX_ASCII: Final = {k: v.decode() for k, v in _HEX_BYTE.items() if v[0] < 0x80}
+
+
+# What encodeURIComponent escapes in a typical page URL. None decodes to '%' or a hex digit,
+# so replacing them one after the other cannot create an escape that was not there.
+_COMMON_ESCAPES: Final = (
+    ("%2F", "/"),
+    ("%3A", ":"),
+    ("%3F", "?"),
+    ("%3D", "="),
+    ("%26", "&"),
+    ("%20", " "),
+    ("%2C", ","),
+    ("%23", "#"),
+    ("%40", "@"),
+    ("%2B", "+"),
+    ("%3B", ";"),
+)
+
+
+def _unquote(value: str) -> str:
+    """Percent-decode a ``str`` holding ``%``: as ``unquote_to_bytes(value).decode()``
+    (malformed escapes kept as written; ``UnicodeDecodeError`` if not UTF-8), faster."""
+    decoded = value
+    for escape, replacement in _COMMON_ESCAPES:
+        decoded = decoded.replace(escape, replacement)
+    if "%" not in decoded:
+        return decoded
+    first, *rest = value.split("%")
+    out = [first]
+    for chunk in rest:
+        char = _HEX_ASCII.get(chunk[:2])
+        if char is None:
+            # A non-ASCII byte (UTF-8 sequence) or a malformed escape: the exact, slow way.
+            return unquote_to_bytes(value).decode()
+        out.append(char)
+        out.append(chunk[2:])
+    return "".join(out)
+
+
 def _parse_query(query: bytes) -> dict[str, str]:
     """``a=1&b=2`` -> ``{"a": "1", "b": "2"}``, the first of repeated names winning."""
     params: dict[str, str] = {}
@@ -163,7 +206,7 @@ def _parse_query(query: bytes) -> dict[str, str]:
             if "+" in value:
                 value = value.replace("+", " ")
             if "%" in value:
-                value = unquote_to_bytes(value).decode()
+                value = _unquote(value)
             params[name] = value
     except UnicodeDecodeError as exc:
         raise InvalidInputError("bad_encoding", "not UTF-8 after percent-decoding") from exc
@@ -239,14 +282,31 @@ def _language(param: str | None, header: str | None) -> str | None:
     return None
 
 
+_NO_UTM: Final[ev.Utm] = {
+    "source": None,
+    "medium": None,
+    "campaign": None,
+    "term": None,
+    "content": None,
+}
+_NO_CLICK_IDS: Final[ev.ClickIds] = {
+    "gclid": None,
+    "fbclid": None,
+    "yclid": None,
+    "ttclid": None,
+    "msclkid": None,
+}
+
+
 def _attribution(params: dict[str, str], url: str | None) -> tuple[ev.Utm, ev.ClickIds]:
     found: dict[str, str] = {}
-    for field, limit in _ATTRIBUTION_LIMITS.items():
-        value = params.get(field)
-        if value:
-            if len(value) > limit:
-                raise _too_long(field, limit)
-            found[field] = value
+    if not _ATTRIBUTION_LIMITS.keys().isdisjoint(params):
+        for field, limit in _ATTRIBUTION_LIMITS.items():
+            value = params.get(field)
+            if value:
+                if len(value) > limit:
+                    raise _too_long(field, limit)
+                found[field] = value
     if url and len(found) < len(_ATTRIBUTION_LIMITS):
         url_query = url.partition("?")[2].partition("#")[0]
         # A cheap look before splitting ("msclkid" has no "clid").
@@ -257,6 +317,8 @@ def _attribution(params: dict[str, str], url: str | None) -> tuple[ev.Utm, ev.Cl
                 if cut is not None and value and field not in found:
                     # The page's own URL: undecodable bytes are replaced, not refused.
                     found[field] = unquote_plus(value)[:cut]
+    if not found:
+        return _NO_UTM.copy(), _NO_CLICK_IDS.copy()
     get = found.get
     utm: ev.Utm = {
         "source": get("utm_source"),

@@ -54,8 +54,10 @@ class BatchObserver(Protocol):
 class SegmenterStats:
     """Counters read by the metrics collector."""
 
+    records_fetched: int = 0
     events_inserted: int = 0
     batches_inserted: int = 0
+    rounds: int = 0
     batches_replayed: int = 0
     insert_retries: int = 0
     events_quarantined: int = 0
@@ -175,7 +177,9 @@ class Segmenter:
             return
         # A full fetch means a backlog: batches then grow to their size limit instead of
         # flushing by age, which keeps catch-up rounds large.
-        self._backlog = sum(len(m) for m in fetched.values()) >= self._settings.fetch_max_records
+        fetched_count = sum(len(m) for m in fetched.values())
+        self.stats.records_fetched += fetched_count
+        self._backlog = fetched_count >= self._settings.fetch_max_records
         for partition, messages in fetched.items():
             await self._accept(partition, messages)
 
@@ -294,6 +298,7 @@ class Segmenter:
             log.debug(
                 "batch inserted", partition=batch.partition, events=batch.count, token=batch.token
             )
+        self.stats.rounds += 1
         self.stats.last_insert_seconds = self._clock.monotonic() - started
 
     async def _insert(self, batch: PartitionBatch) -> bool:
