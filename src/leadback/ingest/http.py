@@ -101,12 +101,18 @@ class IngestHttpProtocol(HttpToolsProtocol):
             self._in_pixel = True
             return
         # Not the pixel: build uvicorn's scope now, around what the parser collected.
-        headers, expect = self.headers, self.expect_100_continue
+        headers = self.headers
         super().on_message_begin()
         self.url = url
         self.headers.extend(headers)
-        self.expect_100_continue = expect
+        self.expect_100_continue = any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in headers
+        )
         super().on_headers_complete()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's, minus the Expect check, which only ASGI requests need (done below).
+        self.headers.append((name.lower(), value))
 
     def on_body(self, body: bytes) -> None:
         if not self._in_pixel:  # a pixel's body, if a client sends one, is ignored

@@ -170,7 +170,7 @@ class PixelHandler:
             self._delivery.submit(
                 self._topic, event_key(event["site_id"], event["visitor_id"]), value
             )
-            stats.accepted["pixel"] += 1
+            stats.pixel_accepted += 1
             set_cookie = result.set_cookie_visitor_id
         except InvalidInputError as exc:
             self._reject(exc.reason, exc.detail, req, now)
@@ -180,7 +180,7 @@ class PixelHandler:
         except Exception as exc:
             log.exception("pixel handling failed")
             self._reject("internal_error", repr(exc), req, now)
-        stats.requests[("pixel", 200)] += 1
+        stats.pixel_requests += 1
         if set_cookie is None:
             return None
         secure = https or proto == b"https"

@@ -18,10 +18,17 @@ class IngestStats:
     accepted: collections.Counter[str] = field(default_factory=collections.Counter)
     invalid: collections.Counter[str] = field(default_factory=collections.Counter)
     dropped: int = 0
+    # The pixel's own counters are plain attributes: cheaper than a Counter per request.
+    pixel_requests: int = 0
+    pixel_accepted: int = 0
 
 
 def ingest_samples(stats: IngestStats, delivery: Delivery) -> Iterable[Sample]:
-    for (route, status), n in stats.requests.items():
+    requests = stats.requests.copy()
+    requests[("pixel", 200)] += stats.pixel_requests
+    accepted = stats.accepted.copy()
+    accepted["pixel"] += stats.pixel_accepted
+    for (route, status), n in requests.items():
         yield Sample(
             "leadback_ingest_requests",
             "HTTP requests by route and status",
@@ -29,7 +36,7 @@ def ingest_samples(stats: IngestStats, delivery: Delivery) -> Iterable[Sample]:
             n,
             (("route", route), ("status", str(status))),
         )
-    for source, n in stats.accepted.items():
+    for source, n in accepted.items():
         yield Sample(
             "leadback_ingest_events_accepted",
             "events accepted for delivery",

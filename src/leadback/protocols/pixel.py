@@ -315,8 +315,10 @@ def _attribution(params: dict[str, str], url: str | None) -> tuple[ev.Utm, ev.Cl
                 field, _, value = part.partition("=")
                 cut = _ATTRIBUTION_LIMITS.get(field)
                 if cut is not None and value and field not in found:
-                    # The page's own URL: undecodable bytes are replaced, not refused.
-                    found[field] = unquote_plus(value)[:cut]
+                    if "%" in value or "+" in value:
+                        # The page's own URL: undecodable bytes are replaced, not refused.
+                        value = unquote_plus(value)
+                    found[field] = value[:cut]
     if not found:
         return _NO_UTM.copy(), _NO_CLICK_IDS.copy()
     get = found.get
