@@ -6,9 +6,10 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format typecheck unit integration bench clean
+.PHONY: help install run test lint format typecheck unit integration bench bench-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,9 +47,14 @@ integration: $(STAMP) ## integration tests (real broker process, real ClickHouse
 test: lint typecheck ## ruff, mypy --strict, then the whole pytest suite
 	$(BIN)/pytest -q
 
-bench: $(STAMP) ## benchmarks: pipeline throughput, audience cost and freshness
-	$(BIN)/python -m bench.pipeline
+bench-deps: ## install nginx-light and wrk (apt-get), the ingest benchmark's anchor and load generator, if missing
+	@{ command -v nginx >/dev/null || test -x /usr/sbin/nginx; } && command -v wrk >/dev/null \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
+
+bench: $(STAMP) bench-deps ## benchmarks: ingest vs nginx and a naive app, audience cost and freshness, segmenter
+	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.audiences
+	@if test -f bench/segmenter.py; then echo "$(BIN)/python -m bench.segmenter"; $(BIN)/python -m bench.segmenter; fi
 
 clean: ## remove the virtualenv, caches and local data
 	rm -rf $(VENV) .leadback .mypy_cache .ruff_cache .pytest_cache .hypothesis
