@@ -18,6 +18,7 @@ from leadback.enrich.bots import BotDetector
 from leadback.errors import InvalidInputError
 from leadback.identity.contacts import CONTACT_ALIASES, ContactCipher, sha256_hex
 from leadback.ids import is_visitor_id
+from leadback.ingest.pixel import cookie_value
 from leadback.protocols.pixel import (
     PIXEL_REASONS,
     PixelPolicy,
@@ -738,3 +739,25 @@ def test_invalid_record_never_carries_trait_values_in_clear() -> None:
     assert "example.com" not in query
     assert "12345" not in query
     assert query == "site=nope&tr.email=[redacted]&tr%2Ephone=[redacted]&p.x=1"
+
+
+def _cookie_by_split(header: bytes, prefix: bytes) -> str | None:
+    for part in header.split(b";"):
+        part = part.strip()
+        if part.startswith(prefix):
+            return part[len(prefix) :].decode("latin-1")
+    return None
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"lb_vid=abc", b" lb_vid=x ", b"xlb_vid=1", b"a=lb_vid=2", b"\t"]),
+            st.binary(max_size=12),
+        ),
+        max_size=6,
+    )
+)
+def test_cookie_value_matches_splitting_the_header(parts: list[bytes]) -> None:
+    header = b";".join(parts)
+    assert cookie_value(header, b"lb_vid=") == _cookie_by_split(header, b"lb_vid=")
