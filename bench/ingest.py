@@ -84,7 +84,7 @@ CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
-# The product-view pixel of bench/pipeline.py with a fixed n: 190 bytes of query string.
+# A product-view pixel: 190 bytes of query string (the same URL for every request).
 QUERY = (
     "site=demo&type=product_view&url=https%3A%2F%2Fshop.example.com%2Fp%2Fsku-42%3Futm_source"
     "%3Dnewsletter%26utm_campaign%3Dbf&ref=https%3A%2F%2Fwww.google.com%2F&pid=sku-42&val=19.90"

@@ -170,6 +170,11 @@ class IngestHttpProtocol(HttpToolsProtocol):
                     self.timeout_keep_alive, self.timeout_keep_alive_handler
                 )
 
+    def shutdown(self) -> None:
+        # Answers of this iteration go out before uvicorn closes idle connections.
+        self._writes.flush()
+        super().shutdown()
+
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._paused_for_pixel:
