@@ -174,10 +174,30 @@ class SegmenterSettings(BaseModel):
     """The segmenter consumer group."""
 
     group_id: str = "leadback-segmenter"
-    batch_max_events: int = Field(50_000, ge=1)
-    batch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    batch_max_events: int = Field(100_000, ge=1)
+    batch_max_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    buffer_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="all partitions' batches together: past this, the largest is flushed",
+    )
     flush_interval_ms: int = Field(250, ge=10, le=60_000)
     fetch_max_records: int = Field(20_000, ge=1)
+    catchup_commit_s: float = Field(
+        30.0,
+        gt=0,
+        description="while there is a backlog, inserted batches wait for one audience "
+        "evaluation and commit at most this long",
+    )
+    catchup_commit_events: int = Field(
+        1_000_000, ge=1, description="... or until this many events are inserted"
+    )
+    insert_settings: dict[str, str | int] = Field(
+        default_factory=lambda: dict[str, str | int](optimize_on_insert=0),
+        description="ClickHouse settings of the events insert (JSON). optimize_on_insert=0: "
+        "the ReplacingMergeTree does not collapse duplicates inside each block at insert time "
+        "(a quarter of the insert's cost); reads count distinct event_ids or use FINAL anyway",
+    )
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
     drain_on_shutdown: bool = Field(

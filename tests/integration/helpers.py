@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.segmenter.loop import Segmenter
-from leadback.segmenter.service import build_engine, build_segmenter
+from leadback.segmenter.service import build_engine, build_segmenter, change_producer
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
@@ -74,7 +74,8 @@ async def run_segmenter(settings: Settings, store: ClickHouseStore) -> AsyncIter
     invalid = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=True))
     await invalid.start()
 
-    engine = build_engine(settings, store, invalid) if settings.audiences.enabled else None
+    changes = change_producer(settings, bootstrap, embedded=True)  # as the service does
+    engine = build_engine(settings, store, changes) if settings.audiences.enabled else None
     if engine is not None:
         await engine.start()
     seg = build_segmenter(settings, store, bootstrap, invalid, engine)
@@ -93,3 +94,4 @@ async def run_segmenter(settings: Settings, store: ClickHouseStore) -> AsyncIter
         if timer is not None:
             await timer
         await invalid.stop()
+        changes.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -114,6 +115,77 @@ async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
     _, err = survivor.communicate(timeout=120)
     assert survivor.returncode == 0, err.decode()[-3000:]
     assert b"replaying an intended batch" in err
+    total = run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events")
+    unique = run_sql_in_subprocess(chdb, "SELECT uniqExact(event_id) FROM leadback.events")
+    assert (total, unique) == (str(n), str(n))
+
+
+async def test_sigkill_while_catching_up_replays_every_uncommitted_range(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """A backlog: batches are inserted one after the other and committed together later. Killed
+    with two ranges of one partition inserted and none committed, the next process must re-form
+    both ranges from their intents (the second found after the first) and land no row twice."""
+    n = 3000
+    now = time.time()
+    producer = KafkaRecordProducer(
+        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
+    )
+    await producer.start()
+    futures = []
+    for i in range(n):
+        event = canonical(i, now)
+        key = ev.event_key("demo", str(event["visitor_id"]))
+        futures.append(await producer.send(topics.kafka.topic_events, key, orjson.dumps(event)))
+    for f in futures:
+        await f
+    await producer.stop()
+
+    chdb = tmp_path / "seg-chdb"
+    catch_up = {
+        "LEADBACK_SEGMENTER_FETCH_MAX_RECORDS": "50",  # every fetch is full: a backlog
+        "LEADBACK_SEGMENTER_BATCH_MAX_EVENTS": "200",
+        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_EVENTS": "100000",
+        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_S": "600",
+    }
+    cmd = [sys.executable, "-m", "leadback", "segmenter"]
+    crashed = subprocess.run(
+        cmd,
+        env=segmenter_env(
+            topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_deferred_insert=kill", **catch_up
+        ),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    # At least two batches of one partition landed, and nothing was committed.
+    landed = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events"))
+    assert 400 <= landed < n
+
+    survivor = subprocess.Popen(
+        cmd,
+        env=segmenter_env(topics, chdb, **catch_up),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    time.sleep(8)
+    survivor.send_signal(signal.SIGTERM)
+    _, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err.decode()[-3000:]
+    replays = [
+        orjson.loads(line)
+        for line in err.splitlines()
+        if b"replaying an intended batch" in line and line.startswith(b"{")
+    ]
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for r in replays:
+        by_partition.setdefault(r["partition"], []).append((r["first"], r["last"]))
+    # One partition's ranges were replayed back to back: the chain of intents was followed.
+    assert any(
+        len(ranges) >= 2 and all(b[0] == a[1] + 1 for a, b in itertools.pairwise(ranges))
+        for ranges in by_partition.values()
+    ), replays
     total = run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events")
     unique = run_sql_in_subprocess(chdb, "SELECT uniqExact(event_id) FROM leadback.events")
     assert (total, unique) == (str(n), str(n))

@@ -95,3 +95,12 @@ def test_change_records_match_the_asyncapi_schema() -> None:
     assert record["change"] in schema["properties"]["change"]["enum"]
     assert record["reason"] in schema["properties"]["reason"]["enum"]
     assert record["change_id"] == "cart:u:42:3"
+
+
+def test_change_timestamps_are_the_canonical_form() -> None:
+    from leadback.audiences.changes import ms_timestamp
+    from leadback.events import format_ts
+
+    days = [86_399_999, 86_400_000, 3_599_999, 1_795_478_399_999, 1_795_478_400_000]
+    for ms in (0, 1, 59_999, 60_000, 1_795_436_559_943, 1_700_000_000_007, *days):
+        assert ms_timestamp(ms) == format_ts(ms / 1000), ms

@@ -174,32 +174,3 @@ def test_trigger_types_say_which_events_can_change_an_audience() -> None:
         {**audience({"all": [{"in_audience": "a1"}, {"did": {"event": "signup"}}]}), "id": "b"}
     )
     assert trigger_types(uses, {"a1": cart}) == {"add_to_cart", "purchase", "signup"}
-
-
-def test_event_types_of_a_round_come_from_the_top_level_field() -> None:
-    import orjson
-
-    from leadback.audiences.engine import event_types
-
-    values = [
-        orjson.dumps(
-            {
-                "schema_version": 1,
-                "event_id": "e1",
-                "site_id": "s",
-                "visitor_id": "v",
-                "type": "purchase",
-                "properties": {"items": [{"type": "gift"}]},
-            }
-        ),
-        orjson.dumps(
-            {
-                "schema_version": 1,
-                "event_id": "e2",
-                "site_id": "s",
-                "visitor_id": "v",
-                "type": "page_view",
-            }
-        ),
-    ]
-    assert event_types(values) == {"purchase", "page_view"}

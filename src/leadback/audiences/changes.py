@@ -10,11 +10,10 @@ has applied and ignores anything not above it: delivery is at least once. The sc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypedDict
 
 import orjson
-
-from leadback.events import format_ts
 
 SCHEMA_VERSION = 1
 ChangeKind = Literal["enter", "exit", "update"]
@@ -35,6 +34,26 @@ class ChangeRecord(TypedDict):
     products: list[str]
 
 
+_DAYS: dict[int, str] = {}
+
+
+def ms_timestamp(ms: int) -> str:
+    """Unix milliseconds -> ``2026-11-23T07:00:00.123Z``, the canonical form (``format_ts``).
+    The date is cached per day and the time computed: ``entered_at`` of members who entered
+    during a backfill spread over days, where a cache per second or minute keeps missing."""
+    day, rest = divmod(ms, 86_400_000)
+    prefix = _DAYS.get(day)
+    if prefix is None:
+        if len(_DAYS) >= 4096:
+            _DAYS.clear()
+        prefix = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%dT")
+        _DAYS[day] = prefix
+    seconds, milli = divmod(rest, 1000)
+    minutes, second = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
+
+
 def change_record(row: dict[str, Any]) -> ChangeRecord:
     """A change-log row (``audience_changes``) -> the topic record."""
     return {
@@ -47,8 +66,8 @@ def change_record(row: dict[str, Any]) -> ChangeRecord:
         "change": row["change"],
         "reason": row["reason"],
         "version": int(row["version"]),
-        "at": format_ts(int(row["at"]) / 1000),
-        "entered_at": format_ts(int(row["entered_at"]) / 1000) if row["entered_at"] else None,
+        "at": ms_timestamp(int(row["at"])),
+        "entered_at": ms_timestamp(int(row["entered_at"])) if row["entered_at"] else None,
         "products": list(row["products"]),
     }
 

@@ -29,6 +29,7 @@ from leadback import failpoints
 from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_record
 from leadback.audiences.compiler import compile_rule, trigger_types
 from leadback.audiences.diff import Key, Stored, transitions
+from leadback.audiences.digest import BatchDigest, digest, merge
 from leadback.audiences.query import EvaluationQuery, VersionedAudience, build_evaluation
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec, references
@@ -40,8 +41,6 @@ from leadback.store.client import ClickHouseStore
 
 log = get_logger(__name__)
 
-#: Bytes that mark an event worth parsing for identity (canonical events are compact JSON).
-_IDENTITY_MARKERS = (b'"user_id":"', b'"type":"identify"')
 _CHUNK = 20_000  # persons per statement in timer and erasure passes
 _SWEEP_EVERY_S = 30.0
 _RELOAD_EVERY_S = 5.0  # definitions written by another process; in-process writes set `changed`
@@ -72,18 +71,6 @@ class Erasure:
     exits: int
 
 
-def event_types(values: Sequence[bytes]) -> set[str]:
-    """The ``type`` of each canonical event: the first ``"type":"`` of the line is the top-level
-    one (the keys before it, ids and site, cannot hold quotes)."""
-    found: set[str] = set()
-    for v in values:
-        i = v.find(b'"type":"')
-        if i >= 0:
-            j = v.find(b'"', i + 8)
-            found.add(v[i + 8 : j].decode())
-    return found
-
-
 class AudienceEngine:
     """Evaluates audiences in ClickHouse and publishes the resulting changes."""
 
@@ -105,6 +92,7 @@ class AudienceEngine:
         self._audiences: dict[str, list[StoredAudience]] = {}
         self._queries: dict[tuple[Any, ...], EvaluationQuery] = {}
         self._triggers: dict[tuple[str, str, int], frozenset[str] | None] = {}
+        self._wanted: frozenset[str] | None = None
         self._last_due: dict[str, int] = {}
         self._last_sweep = -_SWEEP_EVERY_S
         self._last_reload = -_RELOAD_EVERY_S
@@ -166,15 +154,27 @@ class AudienceEngine:
 
     # -- after each batch -----------------------------------------------------------------
 
+    def digest(self, body: bytes) -> BatchDigest:
+        """What :meth:`on_round` needs from an inserted ``JSONEachRow`` body (bulk scans: the
+        event types the loaded audiences react to, and the identity lines)."""
+        return digest(body, self._wanted_types())
+
     async def on_batch(self, keys: Iterable[bytes], values: Sequence[bytes], token: str) -> None:
-        """Identity links, then incremental evaluation for the persons in the batch."""
+        """:meth:`on_round` for one batch of event values."""
+        await self.on_round(keys, [self.digest(b"\n".join(values))], token)
+
+    async def on_round(
+        self, keys: Iterable[bytes], digests: Sequence[BatchDigest], token: str
+    ) -> None:
+        """Identity links, then incremental evaluation for the persons of the round's records
+        (``keys``: ``site_id:visitor_id``; ``digests``: of the bodies inserted)."""
         by_site: dict[str, set[str]] = {}
         for key in keys:
             site, _, visitor = key.decode().partition(":")
             if visitor and not visitor.startswith("e:"):
                 by_site.setdefault(site, set()).add(visitor)
-        events = [orjson.loads(v) for v in values if any(m in v for m in _IDENTITY_MARKERS)]
-        types = event_types(values)
+        round_digest = merge(digests)
+        events = [orjson.loads(line) for line in round_digest.identity]
         async with self._lock:
             for site in sorted({*by_site, *(str(e.get("site_id")) for e in events)}):
                 site_events = [e for e in events if e.get("site_id") == site]
@@ -183,7 +183,7 @@ class AudienceEngine:
                 # merged); the rest can only change with time, which the timer pass covers.
                 audiences = self._audiences.get(site, [])
                 if not (lost or moved):
-                    audiences = [a for a in audiences if self._triggered(a, types)]
+                    audiences = [a for a in audiences if self._triggered(a, round_digest)]
                 if not audiences:
                     continue
                 visitors = by_site.get(site, set()) | moved
@@ -252,13 +252,27 @@ class AudienceEngine:
             self._queries[key] = query
         return query
 
-    def _triggered(self, audience: StoredAudience, types: set[str]) -> bool:
+    def _trigger_types(self, audience: StoredAudience) -> frozenset[str] | None:
         key = (audience.spec.site, audience.spec.id, audience.version)
         if key not in self._triggers:
             site_specs = {a.spec.id: a.spec for a in self._audiences.get(audience.spec.site, [])}
             self._triggers[key] = trigger_types(audience.spec, site_specs)
-        triggers = self._triggers[key]
-        return triggers is None or not triggers.isdisjoint(types)
+        return self._triggers[key]
+
+    def _triggered(self, audience: StoredAudience, round_digest: BatchDigest) -> bool:
+        triggers = self._trigger_types(audience)
+        return triggers is None or round_digest.may_hold(triggers)
+
+    def _wanted_types(self) -> frozenset[str]:
+        """The event types some loaded audience reacts to (audiences that react to any event
+        need no type)."""
+        if self._wanted is None:
+            found: set[str] = set()
+            for site_audiences in self._audiences.values():
+                for a in site_audiences:
+                    found |= self._trigger_types(a) or frozenset()
+            self._wanted = frozenset(found)
+        return self._wanted
 
     async def _evaluate_persons(
         self,
@@ -429,6 +443,7 @@ class AudienceEngine:
             self._audiences = active
             self._queries.clear()
             self._triggers.clear()
+            self._wanted = None
         if not refresh:
             return
         stale = [a for a in stored if evaluated.get((a.spec.site, a.spec.id)) != a.version]

@@ -9,9 +9,12 @@ retried insert carries the same token and ClickHouse drops it if it had landed.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from typing import cast
 
-from leadback.kafka.consumer import Message
+from leadback.audiences.digest import BatchDigest
+from leadback.kafka.consumer import Records
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,43 +41,50 @@ class PartitionBatch:
     last_offset: int = -1
     first_timestamp: int = 0
     size: int = 0
+    count: int = 0
+    digest: BatchDigest | None = None  # set once inserted, for the audience evaluation
+    past_range: bool = False  # a record beyond the replayed range was seen
 
-    def add(self, messages: list[Message]) -> list[Message]:
-        """Take messages; return those beyond a replayed range (they start the next batch)."""
-        if self.replay is not None and messages and not self.values:
-            head = messages[0]
-            if head.offset != self.replay.first_offset or (
-                head.timestamp != self.replay.first_timestamp
-            ):
-                self.replay = None  # stale intent (topic recreated, or offsets moved): ignore
-        take = messages
-        rest: list[Message] = []
+    def add(self, records: Records) -> Records:
+        """Take records; return those beyond a replayed range (they start the next batch)."""
+        replay = self.replay
+        if (
+            replay is not None
+            and len(records)
+            and not self.count
+            and (
+                records.offsets[0] != replay.first_offset
+                or records.timestamps[0] != replay.first_timestamp
+            )
+        ):
+            self.replay = None  # stale intent (topic recreated, or offsets moved): ignore
+        take, rest = records, Records(records.partition)
         if self.replay is not None:
-            limit = self.replay.last_offset
-            cut = len(messages)
-            for i, m in enumerate(messages):
-                if m.offset > limit:
-                    cut = i
-                    break
-            take, rest = messages[:cut], messages[cut:]
-        for m in take:
-            if self.first_offset < 0:
-                self.first_offset = m.offset
-                self.first_timestamp = m.timestamp
-            self.last_offset = m.offset
-            self.values.append(m.value)
-            if m.key is not None:
-                self.keys.add(m.key)
-            self.size += len(m.value)
+            take, rest = records.split(bisect_right(records.offsets, self.replay.last_offset))
+            self.past_range = self.past_range or bool(len(rest))
+        if not len(take):
+            return rest
+        if self.first_offset < 0:
+            self.first_offset = take.offsets[0]
+            self.first_timestamp = take.timestamps[0]
+        self.last_offset = take.offsets[-1]
+        self.values += take.values
+        keys = cast("set[bytes | None]", self.keys)
+        keys.update(take.keys)
+        keys.discard(None)
+        self.size += sum(map(len, take.values))
+        self.count += len(take)
         return rest
 
-    @property
-    def count(self) -> int:
-        return len(self.values)
+    def release(self) -> None:
+        """Drop the values once inserted (the range, count and keys stay)."""
+        self.values = []
 
     @property
     def replay_complete(self) -> bool:
-        return self.replay is not None and self.last_offset >= self.replay.last_offset
+        return self.replay is not None and (
+            self.past_range or self.last_offset >= self.replay.last_offset
+        )
 
     @property
     def token(self) -> str:

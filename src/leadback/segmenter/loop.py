@@ -13,6 +13,7 @@ canonical events go to the invalid topic with a reason, the rest is inserted.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -20,6 +21,7 @@ from typing import Protocol, TypeVar
 import orjson
 
 from leadback import failpoints
+from leadback.audiences.digest import BatchDigest
 from leadback.clock import Clock, SystemClock
 from leadback.errors import (
     BrokerUnavailableError,
@@ -28,7 +30,7 @@ from leadback.errors import (
     StoreRejectedError,
 )
 from leadback.events import format_ts
-from leadback.kafka.consumer import CommitFailed, GroupConsumer, Message
+from leadback.kafka.consumer import CommitFailed, GroupConsumer, Records
 from leadback.logs import get_logger
 from leadback.segmenter.batches import Intent, PartitionBatch
 from leadback.settings import SegmenterSettings
@@ -43,10 +45,13 @@ InvalidSink = Callable[[bytes | None, bytes], Awaitable[None]]
 
 
 class BatchObserver(Protocol):
-    """Runs after a batch is in ClickHouse and before its offsets are committed (audiences)."""
+    """Runs after batches are in ClickHouse and before their offsets are committed (audiences):
+    ``digest`` once per inserted body, ``on_round`` once for the batches committed together."""
 
-    async def on_batch(
-        self, keys: Iterable[bytes], values: Sequence[bytes], token: str
+    def digest(self, body: bytes) -> BatchDigest: ...
+
+    async def on_round(
+        self, keys: Iterable[bytes], digests: Sequence[BatchDigest], token: str
     ) -> None: ...
 
 
@@ -90,7 +95,12 @@ class Segmenter:
         self._observer = observer
         self._clock = clock or SystemClock()
         self._batches: dict[int, PartitionBatch] = {}
+        # Inserted, not yet evaluated and committed (several rounds while catching up).
+        self._unsettled: list[PartitionBatch] = []
+        self._unsettled_since = 0.0
         self._unresolved: set[int] = set()  # assigned partitions whose intent is not looked up
+        self._held: dict[int, list[Records]] = {}  # fetched while waiting out an outage
+        self._revocations: dict[int, int] = {}  # per partition, to drop records fetched before
         self._consumer = consumer_factory(
             topic,
             group_id=settings.group_id,
@@ -123,6 +133,10 @@ class Segmenter:
         for p in partitions:
             self._batches.pop(p, None)
             self._unresolved.discard(p)
+            self._held.pop(p, None)
+            self._revocations[p] = self._revocations.get(p, 0) + 1
+        # Inserted but uncommitted: the new owner replays them (same tokens) and evaluates.
+        self._unsettled = [b for b in self._unsettled if b.partition not in partitions]
         log.info("partitions revoked", partitions=sorted(partitions))
 
     async def _lookup_intent(self, partition: int, offset: int) -> Intent | None:
@@ -168,28 +182,47 @@ class Segmenter:
         wait = max(0.0, oldest + interval - self._clock.monotonic())
         return max(1, int(wait * 1000))
 
-    async def _poll_once(self, timeout_ms: int) -> None:
+    async def _poll_once(self, timeout_ms: int) -> int:
+        """Fetch and batch records; return how many."""
+        if self._held:
+            held, self._held = self._held, {}
+            count = 0
+            for partition, chunks in held.items():
+                for records in chunks:
+                    count += len(records)
+                    await self._accept(partition, records)
+            return count
         try:
             fetched = await self._consumer.getmany(timeout_ms, self._settings.fetch_max_records)
         except BrokerUnavailableError as exc:
             log.warning("fetch failed; retrying", error=str(exc))
             await asyncio.sleep(self._settings.retry_initial_s)
-            return
-        # A full fetch means a backlog: batches then grow to their size limit instead of
-        # flushing by age, which keeps catch-up rounds large.
-        fetched_count = sum(len(m) for m in fetched.values())
+            return 0
+        # A full fetch, or as many records again waiting, means a backlog: batches then grow
+        # to their size limit instead of flushing by age, and their evaluation and commit wait
+        # (see _flush_many), which keeps catch-up rounds large and few.
+        fetched_count = sum(len(r) for r in fetched.values())
         self.stats.records_fetched += fetched_count
-        self._backlog = fetched_count >= self._settings.fetch_max_records
-        for partition, messages in fetched.items():
-            await self._accept(partition, messages)
+        limit = self._settings.fetch_max_records
+        self._backlog = fetched_count >= limit or (
+            fetched_count > 0 and self._consumer.lag() >= limit
+        )
+        for partition, records in fetched.items():
+            await self._accept(partition, records)
+        return fetched_count
 
-    async def _accept(self, partition: int, messages: list[Message]) -> None:
-        while messages:
+    async def _accept(self, partition: int, records: Records) -> None:
+        revocations = self._revocations.get(partition, 0)
+        while len(records):
+            if self._revocations.get(partition, 0) != revocations:
+                # Revoked while a batch was written (and maybe assigned again): what is left was
+                # fetched for the old assignment; the owner reads it again from the commit.
+                return
             batch = self._batches.get(partition)
             if batch is None:
                 replay = None
                 if partition in self._unresolved:
-                    replay = await self._lookup_intent(partition, messages[0].offset)
+                    replay = await self._lookup_intent(partition, records.offsets[0])
                     self._unresolved.discard(partition)
                     if replay is not None:
                         log.info(
@@ -199,25 +232,37 @@ class Segmenter:
                             last=replay.last_offset,
                         )
                 batch = PartitionBatch(
-                    self._topic, partition, started=self._started(messages[0]), replay=replay
+                    self._topic,
+                    partition,
+                    started=self._started(records.timestamps[0]),
+                    replay=replay,
                 )
                 self._batches[partition] = batch
             if batch.replay is None:
                 # Cap at the configured size; the rest starts the next batch.
                 room = max(1, self._settings.batch_max_events - batch.count)
-                messages, later = messages[:room], messages[room:]
-                messages = batch.add(messages) + later
+                take, records = records.split(room)
+                batch.add(take)
             else:
-                messages = batch.add(messages)
+                records = batch.add(records)
             if batch.replay_complete or self._full(batch):
                 await self._flush(batch)
+            elif sum(b.size for b in self._batches.values()) >= self._settings.buffer_max_bytes:
+                # Many partitions growing at once (a backlog): bound the memory they hold.
+                largest = max(
+                    (b for b in self._batches.values() if b.replay is None),
+                    key=lambda b: b.size,
+                    default=None,
+                )
+                if largest is not None:
+                    await self._flush(largest)
 
-    def _started(self, first: Message) -> float:
+    def _started(self, first_timestamp_ms: int) -> float:
         """When a new batch counts as started: when its first record was produced, if that is
         earlier (it waited while the previous round was written), so it is not held back a
         whole flush interval more. At most one interval back; clocks of hosts differ."""
         now = self._clock.monotonic()
-        waited = self._clock.now() - first.timestamp / 1000
+        waited = self._clock.now() - first_timestamp_ms / 1000
         return now - min(max(0.0, waited), self._settings.flush_interval_ms / 1000)
 
     def _full(self, batch: PartitionBatch) -> bool:
@@ -231,6 +276,8 @@ class Segmenter:
         now = self._clock.monotonic()
         batches = [b for b in self._batches.values() if b.count]
         if not force and (self._backlog or not any(now - b.started >= interval for b in batches)):
+            if self._unsettled and (not self._backlog or self._settle_due()):
+                await self._settle()
             return
         # One round takes every partition's batch, not only the due ones: the evaluation after
         # the inserts costs about the same for one partition as for all.
@@ -240,21 +287,32 @@ class Segmenter:
             if force or b.replay is None or b.replay_complete  # a replay is re-formed whole
         ]
         if due:
-            await self._flush_many(due)
+            await self._flush_many(due, force=force)
+        if self._unsettled and (force or not self._backlog or self._settle_due()):
+            await self._settle()
 
     async def _drain(self) -> None:
-        """Consume to the current end of every assigned partition (embedded shutdown)."""
+        """Consume to the current end of every assigned partition (embedded shutdown: the
+        broker's memory goes with it). A member still joining the group waits for its
+        partitions first. The end is where the reported end offsets are reached and a poll
+        brings nothing more (the embedded broker reports the last batch's base offset as the
+        end). Bounded by ``shutdown_timeout_s``."""
         deadline = self._clock.monotonic() + self._settings.shutdown_timeout_s
+        while not self._consumer.assignment() and self._clock.monotonic() < deadline:
+            await self._poll_once(100)
+        if not self._consumer.assignment():
+            log.warning("cannot drain: no partition assigned")
+            return
         try:
             ends = await self._consumer.end_offsets(self._consumer.assignment())
         except BrokerUnavailableError as exc:
             log.warning("cannot drain: end offsets unknown", error=str(exc))
             return
         while self._clock.monotonic() < deadline:
+            fetched = await self._poll_once(200)
             positions = {p: await self._consumer.position(p) for p in ends}
-            if all(positions[p] >= end for p, end in ends.items()):
+            if not fetched and all(positions[p] >= end for p, end in ends.items()):
                 return
-            await self._poll_once(100)
         log.warning("drain timed out", ends=ends)
 
     # -- flush ----------------------------------------------------------------------------
@@ -262,12 +320,12 @@ class Segmenter:
     async def _flush(self, batch: PartitionBatch) -> None:
         await self._flush_many([batch])
 
-    async def _flush_many(self, batches: list[PartitionBatch]) -> None:
-        """Insert each batch (intent first), evaluate audiences once for all, then commit.
-
-        One evaluation per flush round, not per partition: its cost is mostly fixed (statement
-        planning), so audiences stay fresh however many partitions this member owns.
-        """
+    async def _flush_many(self, batches: list[PartitionBatch], *, force: bool = False) -> None:
+        """Insert each batch (intents first); then evaluate audiences once for all and commit,
+        unless a backlog is being caught up: then inserted batches wait (at most
+        ``catchup_commit_s`` or ``catchup_commit_events``) and one evaluation and one commit
+        serve them all. The evaluation reads every touched person's history, so one per
+        catch-up stretch costs about what one per round would, many times fewer."""
         started = self._clock.monotonic()
         for batch in batches:
             if self._batches.get(batch.partition) is batch:
@@ -277,16 +335,43 @@ class Segmenter:
         if fresh:
             await self._retrying("intent insert", lambda: self._write_intents(fresh))
         inserted = [b for b in batches if await self._insert(b)]
+        self.stats.last_insert_seconds = self._clock.monotonic() - started
         if not inserted:
             return
         failpoints.hit("segmenter.after_insert")
+        if not self._unsettled:
+            self._unsettled_since = started
+        self._unsettled.extend(inserted)
+        if any(sum(u.partition == b.partition for u in self._unsettled) > 1 for b in inserted):
+            # Two ranges of one partition inserted, neither committed (crash tests).
+            failpoints.hit("segmenter.after_deferred_insert")
+        if force or not self._backlog or self._settle_due():
+            await self._settle()
+
+    def _settle_due(self) -> bool:
+        """While catching up: whether the inserted batches waited long (or many) enough."""
+        waited = self._clock.monotonic() - self._unsettled_since
+        events = sum(b.count for b in self._unsettled)
+        return (
+            waited >= self._settings.catchup_commit_s
+            or events >= self._settings.catchup_commit_events
+        )
+
+    async def _settle(self) -> None:
+        """Evaluate audiences for every inserted batch not settled yet, then commit them."""
+        batches, self._unsettled = self._unsettled, []
+        if not batches:
+            return
         if self._observer is not None:
-            await self._observe(inserted)
+            await self._observe(batches)
         owned = self._consumer.assignment()
-        done = [b for b in inserted if b.partition in owned]  # else: the new owner replays it
-        if done:
+        done = [b for b in batches if b.partition in owned]  # else: the new owner replays it
+        offsets: dict[int, int] = {}
+        for b in done:
+            offsets[b.partition] = max(offsets.get(b.partition, 0), b.last_offset + 1)
+        if offsets:
             try:
-                await self._consumer.commit({b.partition: b.last_offset + 1 for b in done})
+                await self._consumer.commit(offsets)
             except (CommitFailed, BrokerUnavailableError) as exc:
                 # Harmless: whoever reads the ranges again replays them with the same tokens.
                 log.warning("commit failed after insert", error=str(exc))
@@ -299,23 +384,23 @@ class Segmenter:
                 "batch inserted", partition=batch.partition, events=batch.count, token=batch.token
             )
         self.stats.rounds += 1
-        self.stats.last_insert_seconds = self._clock.monotonic() - started
 
     async def _insert(self, batch: PartitionBatch) -> bool:
         """The events insert (its intent is written); False if the partition was lost."""
         token = batch.token
+        body = batch.payload()
         try:
             try:
                 await self._retrying(
                     "events insert",
                     lambda: self._store.insert_json_rows(
-                        "events", batch.payload(), dedup_token=token
+                        "events", body, dedup_token=token, settings=self._settings.insert_settings
                     ),
                     partition=batch.partition,
                 )
             except StoreRejectedError as exc:
                 log.error("batch rejected; checking rows one by one", token=token, error=str(exc))
-                await self._quarantine(batch, token)
+                body = await self._quarantine(batch, token)
         except PartitionLost:
             log.warning(
                 "partition revoked during retries; batch left to its new owner",
@@ -323,6 +408,13 @@ class Segmenter:
                 token=token,
             )
             return False
+        if self._observer is not None:
+            batch.digest = self._observer.digest(body)
+        batch.release()
+        if batch.replay is not None and batch.partition in self._consumer.assignment():
+            # Several batches of this partition may have been inserted uncommitted (catch-up):
+            # the range after this one may be intended too.
+            self._unresolved.add(batch.partition)
         return True
 
     async def _observe(self, batches: list[PartitionBatch]) -> None:
@@ -330,11 +422,11 @@ class Segmenter:
         observer = self._observer
         assert observer is not None
         keys: set[bytes] = set().union(*(b.keys for b in batches))
-        values = [v for b in batches for v in b.values]
-        token = "+".join(sorted(b.token for b in batches))
+        digests = [b.digest for b in batches if b.digest is not None]
+        token = round_token([b.token for b in batches])
         try:
             await self._retrying(
-                "audience evaluation", lambda: observer.on_batch(keys, values, token)
+                "audience evaluation", lambda: observer.on_round(keys, digests, token)
             )
         except PermanentError as exc:
             # A statement the engine refuses will not pass on retry; the events are stored
@@ -363,7 +455,9 @@ class Segmenter:
         token = "intent:" + "+".join(b.token for b in batches)
         await self._store.insert_json_rows("segmenter_batches", rows, dedup_token=token)
 
-    async def _quarantine(self, batch: PartitionBatch, token: str) -> None:
+    async def _quarantine(self, batch: PartitionBatch, token: str) -> bytes:
+        """Send the rows that are not canonical events to the invalid topic and insert the
+        rest; return the body inserted."""
         good: list[bytes] = []
         for value in batch.values:
             reason = _invalid_reason(value)
@@ -378,7 +472,10 @@ class Segmenter:
                     "filtered insert",
                     partition=batch.partition,
                     call=lambda: self._store.insert_json_rows(
-                        "events", b"\n".join(good), dedup_token=f"{token}/filtered"
+                        "events",
+                        b"\n".join(good),
+                        dedup_token=f"{token}/filtered",
+                        settings=self._settings.insert_settings,
                     ),
                 )
             except StoreRejectedError as exc:
@@ -389,6 +486,8 @@ class Segmenter:
                         None, _invalid_record("store_rejected", value, str(exc))
                     )
                 self.stats.events_quarantined += len(good)
+                return b""
+        return b"\n".join(good)
 
     async def _retrying(
         self, what: str, call: Callable[[], Awaitable[T]], *, partition: int | None = None
@@ -420,13 +519,26 @@ class Segmenter:
                 self._consumer.resume(paused & self._consumer.assignment())
 
     async def _wait_polling(self, seconds: float) -> None:
-        # Polling a paused consumer returns nothing but keeps the member in its group.
+        # Polling a paused consumer returns nothing but keeps the member in its group. A
+        # partition assigned meanwhile is not paused: what it returns is held for later.
         deadline = self._clock.monotonic() + seconds
         while (left := deadline - self._clock.monotonic()) > 0:
             try:
-                await self._consumer.getmany(int(min(left, 1.0) * 1000) + 1, 1)
+                fetched = await self._consumer.getmany(int(min(left, 1.0) * 1000) + 1, 1)
             except BrokerUnavailableError:
                 await asyncio.sleep(min(left, 0.5))
+                continue
+            for partition, records in fetched.items():
+                self._held.setdefault(partition, []).append(records)
+
+
+def round_token(tokens: Sequence[str]) -> str:
+    """One name for batches evaluated together: their tokens, or a digest of many."""
+    ordered = sorted(tokens)
+    if len(ordered) <= 4:
+        return "+".join(ordered)
+    digest = hashlib.sha256("+".join(ordered).encode()).hexdigest()[:32]
+    return f"{ordered[0]}+{len(ordered) - 1}:{digest}"
 
 
 def _invalid_reason(value: bytes) -> str | None:

@@ -12,11 +12,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from leadback.asgi_server import EmbeddedServer
 from leadback.audiences.engine import AudienceEngine
-from leadback.audiences.publisher import KafkaChangePublisher
+from leadback.audiences.changes import ChangePublisher
+from leadback.audiences.publisher import KafkaChangePublisher, QueuedChangePublisher
 from leadback.errors import BrokerUnavailableError
 from leadback.kafka.config import common_options, producer_options, resolve_bootstrap
 from leadback.kafka.consumer import GroupConsumer
 from leadback.kafka.producer import KafkaRecordProducer
+from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
 from leadback.logs import get_logger
 from leadback.metrics import CallbackCollector, Sample
 from leadback.segmenter.loop import Segmenter
@@ -25,6 +27,8 @@ from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
 log = get_logger(__name__)
+
+CHANGES_TIMEOUT_S = 30.0  # a batch of changes not acknowledged by then waits for the sweep
 
 
 def _samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
@@ -84,17 +88,42 @@ def _samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
     )
     yield Sample(
         "leadback_segmenter_last_insert_seconds",
-        "duration of the last flush",
+        "duration of the last insert round (intents and events)",
         "gauge",
         st.last_insert_seconds,
     )
 
 
+def change_producer(settings: Settings, bootstrap: str, *, embedded: bool) -> RdKafkaProducer:
+    """The librdkafka producer the audience changes go out with (started; its own, since the
+    publisher counts its pending records)."""
+    producer = RdKafkaProducer(
+        rdkafka_config(
+            settings.kafka,
+            bootstrap,
+            embedded=embedded,
+            queue_max_events=500_000,
+            queue_max_bytes=256 * 1024 * 1024,
+            stall_s=CHANGES_TIMEOUT_S,
+        )
+    )
+    producer.start(on_failure=lambda *_: None)  # failures are counted per publish call
+    return producer
+
+
 def build_engine(
-    settings: Settings, store: ClickHouseStore, producer: KafkaRecordProducer
+    settings: Settings,
+    store: ClickHouseStore,
+    producer: KafkaRecordProducer | RdKafkaProducer,
 ) -> AudienceEngine:
     """The audience engine publishing to the change topic through ``producer``."""
-    return AudienceEngine(store, KafkaChangePublisher(producer, settings.kafka.topic_changes))
+    topic = settings.kafka.topic_changes
+    publisher: ChangePublisher
+    if isinstance(producer, RdKafkaProducer):
+        publisher = QueuedChangePublisher(producer, topic, timeout_s=CHANGES_TIMEOUT_S)
+    else:
+        publisher = KafkaChangePublisher(producer, topic, timeout_s=CHANGES_TIMEOUT_S)
+    return AudienceEngine(store, publisher)
 
 
 def build_segmenter(
@@ -137,7 +166,8 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
     await migrate(store)
     producer = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=embedded))
     await producer.start()
-    engine = build_engine(settings, store, producer) if settings.audiences.enabled else None
+    changes = change_producer(settings, bootstrap, embedded=embedded)
+    engine = build_engine(settings, store, changes) if settings.audiences.enabled else None
     if engine is not None:
         await engine.start()
     seg = build_segmenter(settings, store, bootstrap, producer, engine)
@@ -176,6 +206,7 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
         for task in side:
             await task
         await producer.stop()
+        changes.close()
         await store.close()
         log.info("segmenter stopped", **seg.stats.__dict__)
 
