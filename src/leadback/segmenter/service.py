@@ -11,8 +11,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 
 from leadback.asgi_server import EmbeddedServer
-from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.changes import ChangePublisher
+from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.publisher import KafkaChangePublisher, QueuedChangePublisher
 from leadback.errors import BrokerUnavailableError
 from leadback.kafka.config import common_options, producer_options, resolve_bootstrap
