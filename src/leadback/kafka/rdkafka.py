@@ -3,8 +3,9 @@
 Why not aiokafka here: on this machine, against the same broker, handing one record to
 aiokafka costs about 15 µs of Python (a coroutine, a future, a Python partitioner and batch
 builder), and handing it to librdkafka about 1.4 µs including its own threads. A pixel's whole
-budget is about 30 µs of CPU, so ingest uses librdkafka; the other services, which produce far
-fewer records, keep the aiokafka :class:`leadback.kafka.producer.KafkaRecordProducer`.
+budget is about 30 µs of CPU, so ingest uses librdkafka, and so does the segmenter's change
+publisher; the rare-path producers (the segmenter's invalid records) keep aiokafka's
+:class:`leadback.kafka.producer.KafkaRecordProducer`.
 
 Keys are partitioned with ``murmur2_random``, the Java client's (and aiokafka's) hash, so a
 visitor's events land in the same partition whichever Leadback producer wrote them.
