@@ -75,11 +75,8 @@ def segmenter_env(settings: Settings, chdb: Path, **extra: str) -> dict[str, str
     return env
 
 
-async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
-    topics: Settings, tmp_path: Path
-) -> None:
-    n = 2000
-    now = time.time()
+async def produce_events(topics: Settings, n: int, now: float) -> None:
+    """``n`` canonical events on the events topic, acknowledged by the broker."""
     producer = KafkaRecordProducer(
         **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
     )
@@ -92,6 +89,14 @@ async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
     for f in futures:
         await f
     await producer.stop()
+
+
+async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
+    topics: Settings, tmp_path: Path
+) -> None:
+    n = 2000
+    now = time.time()
+    await produce_events(topics, n, now)
 
     chdb = tmp_path / "seg-chdb"
     cmd = [sys.executable, "-m", "leadback", "segmenter"]
@@ -128,18 +133,7 @@ async def test_sigkill_while_catching_up_replays_every_uncommitted_range(
     both ranges from their intents (the second found after the first) and land no row twice."""
     n = 3000
     now = time.time()
-    producer = KafkaRecordProducer(
-        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
-    )
-    await producer.start()
-    futures = []
-    for i in range(n):
-        event = canonical(i, now)
-        key = ev.event_key("demo", str(event["visitor_id"]))
-        futures.append(await producer.send(topics.kafka.topic_events, key, orjson.dumps(event)))
-    for f in futures:
-        await f
-    await producer.stop()
+    await produce_events(topics, n, now)
 
     chdb = tmp_path / "seg-chdb"
     catch_up = {
