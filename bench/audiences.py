@@ -43,7 +43,7 @@ from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics
 from leadback.logs import configure_logging
-from leadback.segmenter.service import build_engine, build_segmenter
+from leadback.segmenter.service import build_engine, build_segmenter, change_producer
 from leadback.settings import (
     AudienceSettings,
     ClickHouseSettings,
@@ -221,11 +221,13 @@ async def consume_once(
     )
     await producer.start()
     engine = None
+    changes = None
     if audiences is not None:
         repo = AudienceRepository(store)
         for spec in parse_audiences(yaml.safe_load(audiences)):
             await repo.put(spec)
-        engine = build_engine(settings, store, producer)
+        changes = change_producer(settings, broker.bootstrap, embedded=True)
+        engine = build_engine(settings, store, changes)
         await engine.start()
     seg = build_segmenter(settings, store, broker.bootstrap, producer, engine)
     pin(0, CORE_SERVER)
@@ -252,6 +254,8 @@ async def consume_once(
     await store.command(f"DROP DATABASE {store.database}")
     await store.close()
     await producer.stop()
+    if changes is not None:
+        changes.close()
     return {
         "events": seg.stats.events_inserted,
         "seconds": seconds,

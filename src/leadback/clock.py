@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Protocol
 
 
 class Clock(Protocol):
-    """Wall-clock time as Unix seconds, and a monotonic time for durations."""
+    """Wall-clock time as Unix seconds, a monotonic time for durations, and waiting."""
 
     def now(self) -> float: ...
 
     def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SystemClock:
@@ -23,6 +26,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 class ManualClock:
@@ -37,6 +43,11 @@ class ManualClock:
 
     def monotonic(self) -> float:
         return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        """Time passes at once; other tasks get a turn."""
+        self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
 
     def advance(self, seconds: float) -> None:
         self._now += seconds

@@ -1,7 +1,7 @@
 """Fail points: named places where a test can make a real process crash on purpose.
 
-``LEADBACK_FAILPOINTS="segmenter.after_insert=kill"`` makes the process SIGKILL itself the
-first time it reaches ``hit("segmenter.after_insert")``. Unset (production), ``hit`` is one
+``LEADBACK_FAILPOINTS="segmenter.after_write=kill"`` makes the process SIGKILL itself the
+first time it reaches ``hit("segmenter.after_write")``. Unset (production), ``hit`` is one
 dictionary lookup. Used by the crash tests; documented so operators can rehearse failures.
 """
 

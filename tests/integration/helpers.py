@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
-from leadback.segmenter.loop import Segmenter
+from leadback.segmenter.member import Segmenter
 from leadback.segmenter.service import build_engine, build_segmenter, change_producer
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore

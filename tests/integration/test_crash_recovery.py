@@ -102,7 +102,7 @@ async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
     cmd = [sys.executable, "-m", "leadback", "segmenter"]
     crashed = subprocess.run(
         cmd,
-        env=segmenter_env(topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_insert=kill"),
+        env=segmenter_env(topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_write=kill"),
         capture_output=True,
         timeout=120,
         check=False,
@@ -146,7 +146,7 @@ async def test_sigkill_while_catching_up_replays_every_uncommitted_range(
     crashed = subprocess.run(
         cmd,
         env=segmenter_env(
-            topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_deferred_insert=kill", **catch_up
+            topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_deferred_write=kill", **catch_up
         ),
         capture_output=True,
         timeout=120,

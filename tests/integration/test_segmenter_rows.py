@@ -18,7 +18,7 @@ from leadback.broker import EmbeddedBroker
 from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics, leadback_topics
-from leadback.segmenter.loop import Segmenter
+from leadback.segmenter.member import Segmenter
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterable
-from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
 
 from leadback.asgi_server import EmbeddedServer
-from leadback.audiences.changes import ChangePublisher
 from leadback.audiences.engine import AudienceEngine
-from leadback.audiences.publisher import KafkaChangePublisher, QueuedChangePublisher
+from leadback.audiences.publisher import QueuedChangePublisher
 from leadback.errors import BrokerUnavailableError
 from leadback.kafka.config import common_options, producer_options, resolve_bootstrap
 from leadback.kafka.consumer import GroupConsumer
@@ -21,10 +19,11 @@ from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
 from leadback.logs import get_logger
 from leadback.metrics import CallbackCollector, Sample
-from leadback.segmenter.loop import Segmenter
+from leadback.segmenter.member import Segmenter
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
+from leadback.stream.consumer import Consumer, PartitionsCallback
 
 log = get_logger(__name__)
 
@@ -112,17 +111,13 @@ def change_producer(settings: Settings, bootstrap: str, *, embedded: bool) -> Rd
 
 
 def build_engine(
-    settings: Settings,
-    store: ClickHouseStore,
-    producer: KafkaRecordProducer | RdKafkaProducer,
+    settings: Settings, store: ClickHouseStore, producer: RdKafkaProducer
 ) -> AudienceEngine:
-    """The audience engine publishing to the change topic through ``producer``."""
-    topic = settings.kafka.topic_changes
-    publisher: ChangePublisher
-    if isinstance(producer, RdKafkaProducer):
-        publisher = QueuedChangePublisher(producer, topic, timeout_s=CHANGES_TIMEOUT_S)
-    else:
-        publisher = KafkaChangePublisher(producer, topic, timeout_s=CHANGES_TIMEOUT_S)
+    """The audience engine publishing to the change topic through ``producer`` (its own, from
+    :func:`change_producer`)."""
+    publisher = QueuedChangePublisher(
+        producer, settings.kafka.topic_changes, timeout_s=CHANGES_TIMEOUT_S
+    )
     return AudienceEngine(store, publisher)
 
 
@@ -142,8 +137,14 @@ def build_segmenter(
             log.error("could not publish an invalid row", error=str(exc))
             raise
 
-    def consumer(topic: str, **kwargs: Any) -> GroupConsumer:
-        return GroupConsumer(topic, **kwargs, **common_options(settings.kafka, bootstrap))
+    def consumer(on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> Consumer:
+        return GroupConsumer(
+            settings.kafka.topic_events,
+            group_id=settings.segmenter.group_id,
+            on_assigned=on_assigned,
+            on_revoked=on_revoked,
+            **common_options(settings.kafka, bootstrap),
+        )
 
     return Segmenter(
         settings.segmenter,

@@ -1,9 +1,9 @@
-"""Segmenter batches: ranges, tokens and exact replay of an intended range."""
+"""Stream batches: ranges, tokens and exact replay of an intended range."""
 
 from __future__ import annotations
 
 from leadback.kafka.consumer import Message, Records
-from leadback.segmenter.batches import Intent, PartitionBatch
+from leadback.stream.batches import Intent, PartitionBatch
 
 
 def msgs(first: int, last: int, ts: int = 1000) -> Records:

@@ -1,10 +1,10 @@
-"""Per-partition batches of raw event bytes, and the replay rule that keeps inserts exactly-once.
+"""Per-partition batches of raw record bytes, and the replay rule that keeps writes exactly-once.
 
-A batch covers a contiguous offset range of one partition. Its deduplication token names the
-range (and the first record's timestamp, so a recreated topic reusing offsets gets new tokens).
-Before inserting, the segmenter records the range as an *intent*; a segmenter that later reads
-the partition from the same offset finds the intent and rebuilds exactly that range, so the
-retried insert carries the same token and ClickHouse drops it if it had landed.
+A batch covers a contiguous offset range of one partition. Its token names the range (and the
+first record's timestamp, so a recreated topic reusing offsets gets new tokens). A handler that
+records the range as an *intent* before writing can hand it back when the partition is read
+again from the same offset: the batch is then rebuilt to exactly that range, so the retried
+write carries the same token and a store that deduplicates by token drops it if it had landed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import cast
 
-from leadback.audiences.digest import BatchDigest
 from leadback.kafka.consumer import Records
 
 
@@ -42,8 +41,8 @@ class PartitionBatch:
     first_timestamp: int = 0
     size: int = 0
     count: int = 0
-    digest: BatchDigest | None = None  # set once inserted, for the audience evaluation
     past_range: bool = False  # a record beyond the replayed range was seen
+    written: object = None  # what the handler's write made of it, for its settle
 
     def add(self, records: Records) -> Records:
         """Take records; return those beyond a replayed range (they start the next batch)."""
@@ -77,7 +76,7 @@ class PartitionBatch:
         return rest
 
     def release(self) -> None:
-        """Drop the values once inserted (the range, count and keys stay)."""
+        """Drop the values once written (the range, count and keys stay)."""
         self.values = []
 
     @property

@@ -1,0 +1,1 @@
+"""The consume-batch-commit machinery the segmenter runs on and the dispatcher will."""
