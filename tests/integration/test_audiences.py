@@ -72,11 +72,17 @@ audiences:
 
 
 class Harness:
-    def __init__(self, store: ClickHouseStore, engine: AudienceEngine, clock: ManualClock) -> None:
+    def __init__(
+        self,
+        store: ClickHouseStore,
+        engine: AudienceEngine,
+        clock: ManualClock,
+        publisher: RecordingPublisher,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.clock = clock
-        self.publisher: RecordingPublisher = engine._publisher  # type: ignore[assignment]
+        self.publisher = publisher
         self.batches = 0
 
     @property
@@ -123,9 +129,10 @@ class Harness:
 async def h(store: ClickHouseStore) -> AsyncIterator[Harness]:
     await migrate(store)
     clock = ManualClock(1_800_000_000.0)
-    engine = AudienceEngine(store, RecordingPublisher(), clock=clock)
+    publisher = RecordingPublisher()
+    engine = AudienceEngine(store, publisher, clock=clock)
     await engine.start()
-    harness = Harness(store, engine, clock)
+    harness = Harness(store, engine, clock, publisher)
     await harness.apply(EXAMPLES)
     yield harness
 

@@ -15,7 +15,8 @@ from leadback.errors import BrokerUnavailableError, StoreUnavailableError
 from leadback.kafka.consumer import Records
 from leadback.stream.batches import Intent, PartitionBatch
 from leadback.stream.consumer import PartitionsCallback
-from leadback.stream.loop import PartitionLost, Retrying, StreamLoop
+from leadback.stream.handler import PartitionLost, Retrying
+from leadback.stream.loop import StreamLoop
 
 
 @dataclass

@@ -15,12 +15,12 @@ them; everything per event stays in ClickHouse.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
 
+from leadback.clock import Clock, SystemClock
 from leadback.store.client import ClickHouseStore
 
 
@@ -38,21 +38,24 @@ class Link:
 
 
 class _Versions:
-    def __init__(self) -> None:
+    """Row versions: nanoseconds of the clock, strictly increasing within the process."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
         self._last = 0
 
     def next(self) -> int:
-        self._last = max(self._last + 1, time.time_ns())
+        self._last = max(self._last + 1, int(self._clock.now() * 1e9))
         return self._last
 
 
 class IdentityGraph:
     """Reads and updates ``identities`` for one database."""
 
-    def __init__(self, store: ClickHouseStore) -> None:
+    def __init__(self, store: ClickHouseStore, *, clock: Clock | None = None) -> None:
         self._store = store
         self._db = store.database
-        self._versions = _Versions()
+        self._versions = _Versions(clock or SystemClock())
 
     async def persons_of(self, site: str, visitors: Iterable[str]) -> dict[str, str]:
         """visitor -> person, for each of ``visitors`` (a visitor without a row is itself)."""
@@ -84,8 +87,9 @@ class IdentityGraph:
             found[str(person)].add(str(visitor))
         return found
 
-    async def apply(self, site: str, links: list[Link]) -> tuple[set[str], set[str]]:
-        """Apply links in order; return (persons that lost visitors, visitors that moved)."""
+    async def apply(self, site: str, links: list[Link], *, token: str) -> tuple[set[str], set[str]]:
+        """Apply links in order; return (persons that lost visitors, visitors that moved).
+        ``token`` names the round the links came from (a replayed round writes nothing new)."""
         if not links:
             return set(), set()
         ids = {link.visitor for link in links} | {link.target for link in links}
@@ -138,7 +142,7 @@ class IdentityGraph:
                 for v, p in sorted(moved.items())
             )
             await self._store.insert_json_rows(
-                "identities", rows, dedup_token=f"identities:{site}:{time.time_ns()}"
+                "identities", rows, dedup_token=f"identities:{site}:{token}"
             )
         return lost, set(moved)
 

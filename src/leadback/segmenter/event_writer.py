@@ -22,7 +22,7 @@ from leadback.segmenter.intents import IntentLog
 from leadback.segmenter.quarantine import Quarantine
 from leadback.store.client import ClickHouseStore
 from leadback.stream.batches import Intent, PartitionBatch
-from leadback.stream.loop import PartitionLost, Retrying
+from leadback.stream.handler import PartitionLost, Retrying
 
 log = get_logger(__name__)
 

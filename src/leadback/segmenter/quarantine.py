@@ -13,7 +13,7 @@ from leadback.events import format_ts
 from leadback.logs import get_logger
 from leadback.store.client import ClickHouseStore
 from leadback.stream.batches import PartitionBatch
-from leadback.stream.loop import Retrying
+from leadback.stream.handler import Retrying
 
 log = get_logger(__name__)
 

@@ -1,0 +1,98 @@
+"""The audience definitions an engine evaluates, as last loaded, with what is compiled from them
+(evaluation statements, the event types each audience reacts to), cached until they change."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from leadback.audiences.compiler import trigger_types
+from leadback.audiences.digest import BatchDigest
+from leadback.audiences.query import EvaluationQuery, build_evaluation
+from leadback.audiences.repository import StoredAudience
+from leadback.audiences.rules import AudienceSpec, references
+
+
+class LoadedAudiences:
+    """Active audiences per site, and their compiled forms."""
+
+    def __init__(self, database: str) -> None:
+        self._db = database
+        self._by_site: dict[str, list[StoredAudience]] = {}
+        self._queries: dict[tuple[Any, ...], EvaluationQuery] = {}
+        self._triggers: dict[tuple[str, str, int], frozenset[str] | None] = {}
+        self._wanted: frozenset[str] | None = None
+
+    def load(self, stored: Sequence[StoredAudience]) -> None:
+        """Take the stored definitions (deleted ones are left out); drop the caches if any
+        definition changed."""
+        active: dict[str, list[StoredAudience]] = {}
+        for a in stored:
+            if not a.deleted:
+                active.setdefault(a.spec.site, []).append(a)
+        if active != self._by_site:
+            self._by_site = active
+            self._queries.clear()
+            self._triggers.clear()
+            self._wanted = None
+
+    def sites(self) -> list[str]:
+        """Sites with at least one active audience, sorted."""
+        return sorted(self._by_site)
+
+    def of_site(self, site: str) -> list[StoredAudience]:
+        """Active audiences of ``site``."""
+        return list(self._by_site.get(site, []))
+
+    def specs(self, site: str) -> dict[str, AudienceSpec]:
+        """``site``'s active specs by id (what ``in_audience`` resolves against)."""
+        return {a.spec.id: a.spec for a in self._by_site.get(site, [])}
+
+    def with_dependents(self, site: str, changed: set[str]) -> list[StoredAudience]:
+        """The active audiences of ``changed`` and those that refer to them through
+        ``in_audience``, directly or not (they change with them)."""
+        changed = set(changed)
+        live = self._by_site.get(site, [])
+        grew = True
+        while grew:
+            grew = False
+            for a in live:
+                if a.spec.id not in changed and references(a.spec.rule) & changed:
+                    changed.add(a.spec.id)
+                    grew = True
+        return [a for a in live if a.spec.id in changed]
+
+    def query(
+        self, site: str, evaluate: Sequence[StoredAudience], *, incremental: bool
+    ) -> EvaluationQuery:
+        """The evaluation statement for ``evaluate`` (compiled once per definition set)."""
+        key = (site, tuple((a.spec.id, a.version) for a in evaluate), incremental)
+        query = self._queries.get(key)
+        if query is None:
+            query = build_evaluation(
+                self._db, [a.versioned for a in evaluate], self.specs(site), incremental=incremental
+            )
+            self._queries[key] = query
+        return query
+
+    def triggered(self, audience: StoredAudience, digest: BatchDigest) -> bool:
+        """Whether a round with this digest can change ``audience`` (else only time can)."""
+        triggers = self._trigger_types(audience)
+        return triggers is None or digest.may_hold(triggers)
+
+    def wanted_types(self) -> frozenset[str]:
+        """The event types some loaded audience reacts to (audiences that react to any event
+        need no type)."""
+        if self._wanted is None:
+            found: set[str] = set()
+            for site_audiences in self._by_site.values():
+                for a in site_audiences:
+                    found |= self._trigger_types(a) or frozenset()
+            self._wanted = frozenset(found)
+        return self._wanted
+
+    def _trigger_types(self, audience: StoredAudience) -> frozenset[str] | None:
+        key = (audience.spec.site, audience.spec.id, audience.version)
+        if key not in self._triggers:
+            self._triggers[key] = trigger_types(audience.spec, self.specs(audience.spec.site))
+        return self._triggers[key]

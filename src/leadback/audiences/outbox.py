@@ -1,0 +1,180 @@
+"""The change outbox: every membership transition is logged (``audience_changes``) and applied
+(``memberships``) before it is published, and its batch is marked published
+(``audience_changes_published``) once the broker acknowledged it.
+
+A version means one content, always. The log is the truth: if anything stops between the log
+insert and the memberships insert (a crash, a store error), the stored memberships lag the log,
+and an evaluation then would compute the same versions again with other times. So
+:meth:`ChangeOutbox.sweep` first brings the memberships up to every logged change not yet
+published, then publishes those changes as logged. It runs at start, on the sweep timer, and
+before the next evaluation whenever a write was left in doubt (:attr:`ChangeOutbox.in_doubt`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from leadback import failpoints
+from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_record
+from leadback.errors import BrokerUnavailableError
+from leadback.logs import get_logger
+from leadback.store.client import ClickHouseStore
+
+log = get_logger(__name__)
+
+_LOGGED = (
+    "site_id",
+    "audience_id",
+    "person_id",
+    "change",
+    "reason",
+    "version",
+    "audience_version",
+    "products",
+    "at",
+    "entered_at",
+    "token",
+)
+
+
+@dataclass
+class AudienceStats:
+    """Counters for /metrics and the benchmarks."""
+
+    evaluations: int = 0
+    persons_evaluated: int = 0
+    changes: int = 0
+    changes_published: int = 0
+    republished: int = 0
+    memberships_restored: int = 0
+    publish_failures: int = 0
+    identity_links: int = 0
+    last_evaluation_seconds: float = 0.0
+
+
+def membership_state(change: str, reason: str) -> str:
+    """The membership state a logged change leaves (see :mod:`leadback.audiences.diff`)."""
+    if change == "exit":
+        return "expired" if reason == "ttl_expired" else "out"
+    return "in"
+
+
+class ChangeOutbox:
+    """Logs, applies and publishes membership changes; callers serialise the calls."""
+
+    def __init__(
+        self, store: ClickHouseStore, publisher: ChangePublisher, stats: AudienceStats
+    ) -> None:
+        self._store = store
+        self._db = store.database
+        self._publisher = publisher
+        self._stats = stats
+        self.in_doubt = False  # a write stopped between the change log and the memberships
+
+    async def write(
+        self, token: str, changes: list[dict[str, Any]], memberships: list[bytes]
+    ) -> None:
+        """Log ``changes``, write ``memberships`` (the new state of every transition, silent
+        ones included), then publish the changes. Inserts carry ``token``: a retried round
+        writes nothing twice."""
+        self.in_doubt = True
+        if changes:
+            await self._store.insert_json_rows(
+                "audience_changes",
+                b"\n".join(orjson.dumps(c) for c in changes),
+                dedup_token=f"changes:{token}",
+            )
+        failpoints.hit("audiences.before_memberships")
+        if memberships:
+            await self._store.insert_json_rows(
+                "memberships", b"\n".join(memberships), dedup_token=f"memberships:{token}"
+            )
+        self.in_doubt = False
+        if changes:
+            failpoints.hit("audiences.before_publish")
+            self._stats.changes += len(changes)
+            await self._publish(token, [change_record(c) for c in changes])
+
+    async def _publish(self, token: str, records: list[ChangeRecord]) -> bool:
+        try:
+            await self._publisher.publish(records)
+        except BrokerUnavailableError as exc:
+            # Logged in the outbox: the sweep publishes them when the broker is back.
+            self._stats.publish_failures += 1
+            log.warning("changes not published yet", token=token, error=str(exc))
+            return False
+        await self._store.insert_json_rows(
+            "audience_changes_published",
+            orjson.dumps({"token": token}),
+            dedup_token=f"published:{token}",
+        )
+        self._stats.changes_published += len(records)
+        return True
+
+    async def sweep(self) -> None:
+        """Bring memberships up to the logged changes not yet published, then publish them."""
+        rows = await self._store.query(
+            f"SELECT {', '.join(_LOGGED)} FROM {self._db}.audience_changes "
+            f"WHERE token NOT IN (SELECT token FROM {self._db}.audience_changes_published) "
+            "ORDER BY token, at, audience_id, person_id"
+        )
+        logged = [dict(zip(_LOGGED, raw, strict=True)) for raw in rows]
+        await self._restore_memberships(logged)
+        self.in_doubt = False
+        by_token: dict[str, list[ChangeRecord]] = {}
+        for r in logged:
+            by_token.setdefault(str(r["token"]), []).append(change_record(r))
+        for token, records in by_token.items():
+            if await self._publish(token, records):
+                self._stats.republished += len(records)
+                log.info("republished logged changes", token=token, records=len(records))
+
+    async def _restore_memberships(self, logged: Sequence[dict[str, Any]]) -> None:
+        """Write the membership each logged change leaves where the stored one is older."""
+        latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for r in logged:
+            key = (str(r["site_id"]), str(r["audience_id"]), str(r["person_id"]))
+            if key not in latest or int(r["version"]) > int(latest[key]["version"]):
+                latest[key] = r
+        if not latest:
+            return
+        stored: dict[tuple[str, str, str], int] = {}
+        for site in sorted({k[0] for k in latest}):
+            persons = sorted({k[2] for k in latest if k[0] == site})
+            for audience_id, person, version in await self._store.query(
+                f"SELECT audience_id, person_id, version FROM {self._db}.memberships FINAL "
+                "WHERE site_id = {s:String} AND person_id IN {p:Array(String)}",
+                {"s": site, "p": persons},
+            ):
+                stored[(site, str(audience_id), str(person))] = int(version)
+        lagging = [r for k, r in sorted(latest.items()) if stored.get(k, 0) < int(r["version"])]
+        if not lagging:
+            return
+        body = b"\n".join(
+            orjson.dumps(
+                {
+                    "site_id": r["site_id"],
+                    "audience_id": r["audience_id"],
+                    "person_id": r["person_id"],
+                    "state": membership_state(str(r["change"]), str(r["reason"])),
+                    "version": int(r["version"]),
+                    "products": list(r["products"]),
+                    "entered_at": int(r["entered_at"]),
+                    "changed_at": int(r["at"]),
+                    "audience_version": int(r["audience_version"]),
+                }
+            )
+            for r in lagging
+        )
+        # Named by content: the same restoration written twice lands once.
+        digest = hashlib.sha256(body).hexdigest()
+        await self._store.insert_json_rows(
+            "memberships", body, dedup_token=f"memberships-restored:{digest}"
+        )
+        self._stats.memberships_restored += len(lagging)
+        log.warning("memberships restored from the change log", memberships=len(lagging))

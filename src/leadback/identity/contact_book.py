@@ -1,0 +1,53 @@
+"""The ``contacts`` table: each visitor's latest contact details (hashed and encrypted by ingest),
+merged trait by trait as events bring them. E-mail and SMS read them from here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import orjson
+
+from leadback.store.client import ClickHouseStore
+
+
+@dataclass
+class ContactUpdate:
+    """One visitor's traits from a round's events (later events win), and when."""
+
+    user_id: str
+    at: str
+    traits: dict[str, object] = field(default_factory=dict)
+
+
+class ContactBook:
+    """Writes visitors' traits, merged over what is stored."""
+
+    def __init__(self, store: ClickHouseStore) -> None:
+        self._store = store
+        self._db = store.database
+
+    async def save(self, site: str, updates: Mapping[str, ContactUpdate], *, token: str) -> None:
+        """Merge each visitor's new traits over the stored ones; ``token`` names the round (a
+        replayed round's write is dropped as a duplicate)."""
+        if not updates:
+            return
+        rows = await self._store.query(
+            f"SELECT visitor_id, argMax(traits, updated_at) FROM {self._db}.contacts "
+            "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} GROUP BY visitor_id",
+            {"s": site, "v": sorted(updates)},
+        )
+        known = {str(r[0]): orjson.loads(r[1]) for r in rows}
+        body = b"\n".join(
+            orjson.dumps(
+                {
+                    "site_id": site,
+                    "visitor_id": visitor,
+                    "user_id": u.user_id,
+                    "traits": orjson.dumps({**known.get(visitor, {}), **u.traits}).decode(),
+                    "updated_at": u.at,
+                }
+            )
+            for visitor, u in sorted(updates.items())
+        )
+        await self._store.insert_json_rows("contacts", body, dedup_token=f"contacts:{token}")
