@@ -172,3 +172,90 @@ async def test_changes_survive_a_crash_before_publishing_with_the_same_versions(
     got = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes)
     seen = sorted((c["visitor_id"], c["change"], c["version"]) for c in got)
     assert seen == sorted((v, "enter", 1) for v in visitors)
+
+
+async def test_a_crash_before_the_memberships_of_a_multi_batch_round_never_gives_a_version_two_contents(
+    topics: Settings, tmp_path: Path
+) -> None:
+    """Killed between the change-log insert and the memberships insert of a round that covered
+    several batches (catch-up): the restarted segmenter replays the batches in other rounds
+    (other tokens), so only the change log can say what was decided. Every (audience, visitor,
+    version) must reach the topic with one content, and every visitor enter exactly once."""
+    chdb = tmp_path / "seg-chdb"
+    subprocess.run(
+        [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],
+        input=AUDIENCES.encode(),
+        env={**os.environ, "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}"},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    producer = KafkaRecordProducer(
+        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
+    )
+    await producer.start()
+    now = time.time()
+    visitors = [f"m{i}" for i in range(120)]
+    futures = []
+    for i, v in enumerate(visitors):
+        e = event("demo", v, "page_view", now, url=f"https://shop.example/contact/{i}")
+        futures.append(
+            await producer.send(topics.kafka.topic_events, ev.event_key("demo", v), orjson.dumps(e))
+        )
+    for f in futures:
+        await f
+    await producer.stop()
+
+    catch_up = {
+        "LEADBACK_SEGMENTER_FETCH_MAX_RECORDS": "20",  # every fetch is full: a backlog
+        "LEADBACK_SEGMENTER_BATCH_MAX_EVENTS": "20",
+        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_EVENTS": "100000",
+        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_S": "600",
+    }
+    cmd = [sys.executable, "-m", "leadback", "segmenter"]
+    crashed = subprocess.run(
+        cmd,
+        env=segmenter_env(
+            topics, chdb, LEADBACK_FAILPOINTS="audiences.before_memberships=kill", **catch_up
+        ),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    logged = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.audience_changes"))
+    rounds = run_sql_in_subprocess(chdb, "SELECT uniqExact(token) FROM leadback.audience_changes")
+    intents = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.segmenter_batches"))
+    # One round's changes were logged, from a round of several batches, and none applied.
+    assert logged > 0 and rounds == "1", (logged, rounds)
+    assert intents >= 2
+    assert run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.memberships") == "0"
+
+    survivor = subprocess.Popen(
+        cmd,
+        env=segmenter_env(topics, chdb, **catch_up),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    got = await wait_changes(topics, len(visitors), timeout=60)
+    survivor.send_signal(signal.SIGTERM)
+    _, err = survivor.communicate(timeout=120)
+    assert survivor.returncode == 0, err.decode()[-3000:]
+    got = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes)
+    contents: dict[tuple[str, str, int], set[bytes]] = {}
+    for c in got:
+        contents.setdefault((c["audience_id"], c["visitor_id"], c["version"]), set()).add(
+            orjson.dumps(c, option=orjson.OPT_SORT_KEYS)
+        )
+    twice = {k: v for k, v in contents.items() if len(v) > 1}
+    example = next(iter(twice.items()), None)
+    assert not twice, f"{len(twice)} versions published with two contents, e.g. {example}"
+    assert sorted(k for k in contents if k[0] == "contact_visitors") == sorted(
+        ("contact_visitors", v, 1) for v in visitors
+    )
+    members = run_sql_in_subprocess(
+        chdb,
+        "SELECT count() FROM leadback.memberships FINAL "
+        "WHERE audience_id = 'contact_visitors' AND state = 'in' AND version = 1",
+    )
+    assert members == str(len(visitors))

@@ -89,8 +89,9 @@ class ChangeOutbox:
                 b"\n".join(orjson.dumps(c) for c in changes),
                 dedup_token=f"changes:{token}",
             )
-        failpoints.hit("audiences.before_memberships")
         if memberships:
+            if changes:
+                failpoints.hit("audiences.before_memberships")
             await self._store.insert_json_rows(
                 "memberships", b"\n".join(memberships), dedup_token=f"memberships:{token}"
             )
