@@ -174,7 +174,7 @@ async def test_changes_survive_a_crash_before_publishing_with_the_same_versions(
     assert seen == sorted((v, "enter", 1) for v in visitors)
 
 
-async def test_a_crash_before_the_memberships_of_a_multi_batch_round_never_gives_a_version_two_contents(
+async def test_crash_before_a_multi_batch_rounds_memberships_gives_no_version_two_contents(
     topics: Settings, tmp_path: Path
 ) -> None:
     """Killed between the change-log insert and the memberships insert of a round that covered
