@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 import typer
 
-from leadback.errors import ConfigError, LeadbackError
+from leadback.errors import ConfigError, InvalidInputError, LeadbackError
 from leadback.logs import configure_logging
 from leadback.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from leadback.admin.client import AdminClient
+    from leadback.audiences.repository import Written
 
 app = typer.Typer(
     help="Leadback: pixel ingest, live audiences, destinations.",
@@ -247,34 +248,41 @@ def audiences_apply(
     if offline:
         settings = _settings()
         with _one_line_errors():
-            written = asyncio.run(_apply_offline(settings, document))
-        for status, site, audience_id, version in written:
-            typer.echo(f"{status} {site}/{audience_id} (version {version})")
+            try:
+                written = asyncio.run(_apply_offline(settings, document))
+            except InvalidInputError as exc:  # named where the API's error names it
+                where = f" at {exc.field}" if exc.field else ""
+                detail = f": {exc.detail}" if exc.detail else ""
+                typer.echo(f"error: {exc.reason}{where}{detail}", err=True)
+                raise typer.Exit(1) from exc
+        for w in written:
+            status = "written" if w.changed else "unchanged"
+            typer.echo(
+                f"{status} {w.stored.spec.site}/{w.stored.spec.id} (version {w.stored.version})"
+            )
         return
     with _one_line_errors(), _admin_client(url, token) as client:
         for r in client.apply(document):
             typer.echo(f"{r['status']} {r['site']}/{r['id']} (version {r['version']})")
 
 
-async def _apply_offline(settings: Settings, document: Any) -> list[tuple[str, str, str, int]]:
+async def _apply_offline(settings: Settings, document: Any) -> list[Written]:
+    """What ``POST /v1/audiences:apply`` does, straight into ClickHouse: the same validation
+    (every definition checked, in the set and against the stored ones, before any is written)
+    and the same order of writes (an audience after those it refers to)."""
     from leadback.audiences.repository import AudienceRepository
-    from leadback.audiences.rules import parse_audiences
+    from leadback.audiences.validation import parse_audience_set
     from leadback.store.client import ClickHouseStore
     from leadback.store.migrations import migrate
 
-    specs = parse_audiences(document)
+    audiences = parse_audience_set(document)
     store = ClickHouseStore(settings.clickhouse)
     try:
         await migrate(store)
-        repo = AudienceRepository(store)
-        done = []
-        for spec in specs:
-            stored, changed = await repo.put(spec)
-            status = "written" if changed else "unchanged"
-            done.append((status, spec.site, spec.id, stored.version))
-        return done
+        written = await AudienceRepository(store).apply(audiences, sites=settings.sites)
     finally:
         await store.close()
+    return written
 
 
 @audiences_app.command("list")

@@ -21,10 +21,12 @@ import pytest
 import uvicorn
 from typer.testing import CliRunner
 
-from leadback.admin.app import create_admin_app, error_response
+from leadback.admin.app import create_admin_app
+from leadback.admin.errors import error_response
 from leadback.admin.members import MemberQueries
 from leadback.asgi_server import EmbeddedServer
 from leadback.audiences.engine import AudienceEngine
+from leadback.audiences.repository import AudienceRepository
 from leadback.cli import app as cli_app
 from leadback.clock import ManualClock
 from leadback.errors import StoreUnavailableError
@@ -97,7 +99,8 @@ async def admin(
     await migrate(store)
     clock = ManualClock(T0)
     publisher = RecordingPublisher()
-    engine = AudienceEngine(store, publisher, clock=clock)
+    repository = AudienceRepository(store, clock=clock)
+    engine = AudienceEngine(store, publisher, clock=clock, repository=repository)
     await engine.start()
     app = create_admin_app(settings, engine, store)
     async with httpx.AsyncClient(
@@ -164,6 +167,7 @@ async def test_put_list_get_and_validate(admin: Admin) -> None:
         1,
         False,
     )
+    admin.clock.advance(60)
     r = await admin.put("shop", "viewers", {**VIEWERS, "ttl": "7d"})
     assert (r.json()["status"], r.json()["version"]) == ("updated", 2)
 
@@ -217,7 +221,7 @@ async def test_put_list_get_and_validate(admin: Admin) -> None:
     detail = (await admin.http.get("/v1/sites/shop/audiences/viewers")).json()
     assert (detail["version"], detail["size"]) == (2, 2)
     assert detail["definition"]["rule"]["did"]["event"] == ["page_view"]
-    assert detail["updated_at"].endswith("Z")
+    assert detail["updated_at"] == format_ts(T0 + 60)  # the repository's clock, not the wall's
     r = await admin.http.get("/v1/sites/shop/audiences/nope")
     assert (r.status_code, r.json()["error"]) == (404, "not_found")
 
@@ -248,6 +252,107 @@ async def test_apply_validates_all_before_writing_and_orders_references(admin: A
     assert admin.engine.changed.is_set()
     r = await admin.http.post("/v1/audiences:apply", json=both)
     assert [a["status"] for a in r.json()["audiences"]] == ["unchanged", "unchanged"]
+
+
+# The same documents through the API and through `leadback audiences apply --offline`, each
+# into an empty database: the same audiences written, or the same first problem reported.
+FORWARD_REFERENCE = [  # lists an audience before the one it refers to
+    {"site": "demo", "id": "engaged", "rule": {"in_audience": "viewers"}},
+    {"site": "demo", "id": "viewers", **VIEWERS},
+]
+UNKNOWN_REFERENCE = [
+    {"site": "demo", "id": "viewers", **VIEWERS},
+    {"site": "demo", "id": "engaged", "rule": {"in_audience": "missing"}},
+]
+CYCLE = [
+    {"site": "demo", "id": "a", "rule": {"any": [{"in_audience": "b"}, VIEWERS["rule"]]}},
+    {"site": "demo", "id": "b", "rule": {"in_audience": "a"}},
+]
+UNKNOWN_SITE = {"site": "nowhere", "id": "viewers", **VIEWERS}
+
+
+async def apply_offline(admin: Admin, tmp_path: Path, document: Any, database: str) -> str:
+    """``leadback audiences apply --offline`` into ``database`` (same chDB directory); its
+    outcome as ``apply_online`` words it."""
+    path = tmp_path / f"{database}.json"
+    path.write_bytes(orjson.dumps(document))
+    env = {
+        "LEADBACK_DATA_DIR": str(tmp_path / "cli"),
+        "LEADBACK_CLICKHOUSE_URL": admin.settings.clickhouse.url,
+        "LEADBACK_CLICKHOUSE_DATABASE": database,
+    }  # the default sites: `demo` only
+    args = ["audiences", "apply", "--offline", "-f", str(path)]
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, args, env=env)
+    out = [
+        line for line in result.stdout.splitlines(keepends=True) if not SERVER_LOG.match(line)
+    ]  # log lines of this process (the migrations) land there too
+    if result.exit_code:
+        assert (result.exit_code, out) == (1, [])
+        return result.stderr
+    return "".join(line.replace("written ", "changed ") for line in out)
+
+
+async def apply_online(admin: Admin, document: Any) -> str:
+    r = await admin.http.post("/v1/audiences:apply", json=document)
+    if r.status_code != 200:
+        body = r.json()
+        return f"error: {body['error']} at {body['field']}: {body['detail']}\n"
+    return "".join(
+        f"{'changed' if a['changed'] else 'unchanged'} {a['site']}/{a['id']} "
+        f"(version {a['version']})\n"
+        for a in r.json()["audiences"]
+    )
+
+
+async def stored(store: ClickHouseStore) -> list[tuple[str, str, int, dict[str, Any]]]:
+    return [
+        (a.spec.site, a.spec.id, a.version, a.spec.to_document())
+        for a in await AudienceRepository(store).all(include_deleted=True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("document", "outcome"),
+    [
+        (
+            FORWARD_REFERENCE,
+            "changed demo/engaged (version 1)\nchanged demo/viewers (version 1)\n",
+        ),
+        (
+            {"audiences": UNKNOWN_REFERENCE},
+            "error: invalid_audience at audiences[1].rule: "
+            "in_audience: no audience 'missing' on this site\n",
+        ),
+        (
+            CYCLE,
+            "error: invalid_audience at audiences[0].rule: in_audience cycle: a -> b -> a\n",
+        ),
+        (UNKNOWN_SITE, "error: unknown_site at site: no site 'nowhere' is configured\n"),
+    ],
+    ids=["forward_reference", "unknown_reference", "cycle", "unknown_site"],
+)
+async def test_offline_apply_validates_and_orders_as_the_api_does(
+    admin: Admin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, document: Any, outcome: str
+) -> None:
+    # In process, the CLI would point structlog at the runner's captured (then closed) stderr
+    # for the rest of the session.
+    monkeypatch.setattr("leadback.cli.configure_logging", lambda *_, **__: None)
+    offline_db = f"{admin.store.database}_offline"
+    offline_store = ClickHouseStore(
+        admin.settings.clickhouse.model_copy(update={"database": offline_db})
+    )
+    try:
+        assert await apply_online(admin, document) == outcome
+        assert await apply_offline(admin, tmp_path, document, offline_db) == outcome
+        assert await stored(offline_store) == await stored(admin.store)
+        # Applied again: nothing changes, either way.
+        if not outcome.startswith("error"):
+            again = outcome.replace("changed", "unchanged")
+            assert await apply_online(admin, document) == again
+            assert await apply_offline(admin, tmp_path, document, offline_db) == again
+    finally:
+        await offline_store.command(f"DROP DATABASE IF EXISTS {offline_db}")
+        await offline_store.close()
 
 
 async def test_delete_exits_members_and_refuses_audiences_in_use(admin: Admin) -> None:

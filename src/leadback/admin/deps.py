@@ -2,19 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from leadback.admin.members import MemberQueries
-from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.repository import AudienceRepository
-from leadback.errors import AuthError, InvalidInputError
+from leadback.audiences.rules import AudienceSpec
+from leadback.audiences.validation import check_site
+from leadback.errors import AuthError
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
+
+
+class Erased(Protocol):
+    """What an erasure removed."""
+
+    @property
+    def persons(self) -> list[str]: ...
+
+    @property
+    def visitors(self) -> list[str]: ...
+
+    @property
+    def exits(self) -> int: ...
+
+
+class AudienceOps(Protocol):
+    """What the admin API uses of the audience engine (``AudienceEngine``), and nothing more."""
+
+    repository: AudienceRepository
+    changed: asyncio.Event  # set after a definition write: the engine reloads at once
+
+    def now_ms(self) -> int:
+        """The engine's clock, Unix ms."""
+        ...
+
+    def explain(
+        self,
+        spec: AudienceSpec,
+        version: int = 0,
+        site_audiences: dict[str, AudienceSpec] | None = None,
+    ) -> dict[str, str]:
+        """``{rule, members, previous}``: the SQL an audience compiles to."""
+        ...
+
+    async def erase(self, site: str, *, visitor_id: str | None, user_id: str | None) -> Erased:
+        """Remove a visitor or user (and their person) everywhere, publishing exits first."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -22,7 +61,7 @@ class AdminContext:
     """What the routes need; built once by ``create_admin_app``."""
 
     settings: Settings
-    engine: AudienceEngine
+    engine: AudienceOps
     store: ClickHouseStore
     members: MemberQueries
     tokens: tuple[bytes, ...]
@@ -32,9 +71,8 @@ class AdminContext:
         return self.engine.repository
 
     def check_site(self, site: str, *, field: str = "site") -> str:
-        if site not in self.settings.sites:
-            raise InvalidInputError("unknown_site", f"no site {site!r} is configured", field=field)
-        return site
+        """``site`` if configured, else 404 ``unknown_site``."""
+        return check_site(site, self.settings.sites, field=field)
 
 
 def get_context(request: Request) -> AdminContext:
@@ -45,7 +83,7 @@ def get_context(request: Request) -> AdminContext:
 Ctx = Annotated[AdminContext, Depends(get_context)]
 
 
-def get_engine(ctx: Ctx) -> AudienceEngine:
+def get_engine(ctx: Ctx) -> AudienceOps:
     return ctx.engine
 
 
@@ -61,7 +99,7 @@ def get_repository(ctx: Ctx) -> AudienceRepository:
     return ctx.repository
 
 
-Engine = Annotated[AudienceEngine, Depends(get_engine)]
+Engine = Annotated[AudienceOps, Depends(get_engine)]
 Store = Annotated[ClickHouseStore, Depends(get_store)]
 Members = Annotated[MemberQueries, Depends(get_members)]
 Repository = Annotated[AudienceRepository, Depends(get_repository)]

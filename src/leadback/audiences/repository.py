@@ -1,22 +1,24 @@
 """Audience definitions in ClickHouse, versioned: every write adds a row with the next version.
 
-The admin API writes here; the segmenter reads here and re-evaluates an audience whose version
-differs from the one it last materialized (``audience_evaluations``), so the two can run in
-different processes.
+The admin API and ``leadback audiences apply --offline`` write here
+(:meth:`AudienceRepository.apply`, checked by :mod:`leadback.audiences.validation`); the
+segmenter reads here and re-evaluates an audience whose version differs from the one it last
+materialized (``audience_evaluations``), so the two can run in different processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-from leadback.audiences.compiler import compile_rule
 from leadback.audiences.query import VersionedAudience
 from leadback.audiences.rules import AudienceSpec, parse_audience, references
+from leadback.audiences.validation import AudienceSet, validate_audience_set
+from leadback.clock import Clock, SystemClock
 from leadback.errors import InvalidInputError
 from leadback.events import format_ts
 from leadback.store.client import ClickHouseStore
@@ -36,6 +38,18 @@ class StoredAudience:
         return VersionedAudience(self.spec, self.version)
 
 
+@dataclass(frozen=True)
+class Written:
+    """One definition of an applied set: as stored now, and what the write did."""
+
+    stored: StoredAudience
+    status: Literal["created", "updated", "unchanged"]
+
+    @property
+    def changed(self) -> bool:
+        return self.status != "unchanged"
+
+
 class NotFoundError(InvalidInputError):
     """No such audience."""
 
@@ -44,11 +58,12 @@ class NotFoundError(InvalidInputError):
 
 
 class AudienceRepository:
-    """Reads and writes audience definitions."""
+    """Reads and writes audience definitions; ``updated_at`` comes from ``clock``."""
 
-    def __init__(self, store: ClickHouseStore) -> None:
+    def __init__(self, store: ClickHouseStore, *, clock: Clock | None = None) -> None:
         self._store = store
         self._db = store.database
+        self._clock = clock or SystemClock()
 
     async def all(self, *, include_deleted: bool = False) -> list[StoredAudience]:
         """Latest version of every audience of every site."""
@@ -82,26 +97,46 @@ class AudienceRepository:
         )
         return (int(rows[0][0]), bool(rows[0][1])) if rows else (0, True)
 
-    async def put(self, spec: AudienceSpec) -> tuple[StoredAudience, bool]:
-        """Create or update; returns the stored version and whether anything changed.
+    async def validate(
+        self, audiences: AudienceSet, *, sites: Collection[str] | None
+    ) -> list[AudienceSpec]:
+        """Check a set against the stored definitions (:func:`validate_audience_set`); return
+        it in the order to write. ``sites``: the configured site ids (``None``: unchecked)."""
+        stored = [a.spec for a in await self.all()]
+        return validate_audience_set(audiences, stored, sites=sites)
 
-        Checks ``in_audience`` references (exist, person-level, no cycle) by compiling.
+    async def apply(
+        self, audiences: AudienceSet, *, sites: Collection[str] | None
+    ) -> list[Written]:
+        """Validate the whole set, then write it, an audience after those it refers to; the
+        outcomes come back in the set's order. Nothing is written if any definition fails."""
+        stored = [a.spec for a in await self.all()]
+        existing = {(s.site, s.id) for s in stored}
+        written: dict[tuple[str, str], Written] = {}
+        for spec in validate_audience_set(audiences, stored, sites=sites):
+            saved, changed = await self.put(spec)
+            key = (spec.site, spec.id)
+            status: Literal["created", "updated", "unchanged"] = (
+                "unchanged" if not changed else "updated" if key in existing else "created"
+            )
+            written[key] = Written(saved, status)
+        return [written[(s.site, s.id)] for s in audiences.specs]
+
+    async def put(self, spec: AudienceSpec) -> tuple[StoredAudience, bool]:
+        """Create or update one; returns the stored version and whether anything changed.
+
+        Checked against the stored definitions as a set of one (:func:`validate_audience_set`;
+        the site is not checked). To write several that refer to each other, :meth:`apply`.
         """
-        others = {a.spec.id: a.spec for a in await self.site(spec.site) if a.spec.id != spec.id}
-        compile_rule(spec, others)
-        for other in others.values():
-            if spec.id in references(other.rule) and spec.products is not None:
-                raise InvalidInputError(
-                    "invalid_audience",
-                    f"{other.id!r} refers to {spec.id!r}; it cannot become product-level",
-                )
+        stored = [a.spec for a in await self.site(spec.site)]
+        validate_audience_set(AudienceSet([spec], single=True), stored, sites=None)
         version, deleted = await self._current_version(spec.site, spec.id)
         if version and not deleted:
             current = await self.get(spec.site, spec.id)
             if current.spec == spec:
                 return current, False
         new_version = version + 1
-        now = format_ts()
+        now = format_ts(self._clock.now())
         await self._write(spec, new_version, deleted=False, at=now)
         return StoredAudience(spec, new_version, False, _dt(now)), True
 
@@ -116,7 +151,7 @@ class AudienceRepository:
             raise InvalidInputError(
                 "in_use", f"audience {audience_id!r} is used by {', '.join(sorted(users))}"
             )
-        now = format_ts()
+        now = format_ts(self._clock.now())
         await self._write(current.spec, current.version + 1, deleted=True, at=now)
         return StoredAudience(current.spec, current.version + 1, True, _dt(now))
 
