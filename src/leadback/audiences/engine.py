@@ -61,7 +61,7 @@ class AudienceEngine:
     ) -> None:
         self._store = store
         self._clock = clock or SystemClock()
-        self.repository = repository or AudienceRepository(store)
+        self.repository = repository or AudienceRepository(store, clock=self._clock)
         self.identity = IdentityGraph(store, clock=self._clock)
         self.stats = AudienceStats()
         self._definitions = LoadedAudiences(store.database)
