@@ -77,7 +77,7 @@ from urllib.parse import unquote_plus, unquote_to_bytes
 
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
-from leadback.enrich.consent import decide_consent
+from leadback.enrich.consent import decide_consent, signals_from_query
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
 from leadback.identity.contacts import ContactCipher, protect_traits
@@ -449,11 +449,14 @@ def parse_pixel(
             traits, policy.contact_cipher, default_region=policy.default_phone_region
         )
 
-    consent = decide_consent(
-        param=get("consent"),
+    signals = signals_from_query(
+        get("consent"),
         gpc_header=req.gpc_header,
         gpc_param=get("gpc"),
         dnt_header=req.dnt_header,
+    )
+    consent = decide_consent(
+        signals,
         default=policy.consent_default_by_site.get(site, policy.consent_default),
         honor_dnt=policy.honor_dnt,
     )
