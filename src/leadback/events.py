@@ -133,6 +133,9 @@ _ts_prefixes: dict[int, str] = {}
 def format_ts(ts: float | None = None) -> str:
     """Unix seconds -> ``2026-11-23T07:00:00.123Z`` (UTC, milliseconds).
 
+    Request, round and evaluation paths pass their injected clock's time; ``ts`` omitted reads
+    the wall clock, left only for the callers that have no clock yet (the segmenter's
+    quarantine, the audience repository): to be removed once they pass one.
     Formatted seconds are cached: on the pixel path most calls share a few of them (the
     server's clock and the clients' send times).
     """

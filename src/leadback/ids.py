@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _POOL_BYTES = 4096
@@ -37,13 +36,13 @@ os.register_at_fork(after_in_child=_drop_pool)
 _VARIANT = {c: "89ab"[int(c, 16) & 0x3] for c in "0123456789abcdef"}
 
 
-def uuid7(now_ms: int | None = None) -> str:
-    """A UUIDv7 (RFC 9562) string: 48-bit Unix ms timestamp, then 74 random bits.
+def uuid7(now_ms: int) -> str:
+    """A UUIDv7 (RFC 9562) string: the 48-bit Unix ms timestamp ``now_ms``, then 74 random bits.
 
-    Time-ordered, so ids sort roughly by arrival, which keeps ClickHouse parts tidy.
+    Time-ordered, so ids sort roughly by arrival, which keeps ClickHouse parts tidy. The time
+    comes from the caller's clock.
     """
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    t = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+    t = f"{now_ms & 0xFFFF_FFFF_FFFF:012x}"
     r = _random_bytes(10).hex()  # 80 bits; 74 are used
     # version 7, rand_a (12 bits), variant + rand_b (2 + 62 bits)
     return f"{t[:8]}-{t[8:]}-7{r[:3]}-{_VARIANT[r[3]]}{r[4:7]}-{r[7:19]}"

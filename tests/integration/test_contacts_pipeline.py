@@ -47,6 +47,12 @@ async def test_contact_traits_are_hashed_on_the_topic_and_in_clickhouse(
     events = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_events)
     invalid = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_invalid)
     assert sorted(r["reason"] for r in invalid) == ["invalid_trait", "invalid_trait"]
+    by_source = {r["source"]: r["request"] for r in invalid}
+    assert by_source["pixel"]["query"] == "site=demo&eid=px-bad&tr.email=[redacted]"
+    assert orjson.loads(by_source["json"]["body"])["traits"] == {
+        "email_sha256": "[redacted]",
+        "fn": "[redacted]",
+    }
     wire = orjson.dumps([events, invalid]).decode()
     rows = await store.query(f"SELECT event_id, traits FROM {store.database}.events ORDER BY 1")
     stored = repr(rows)

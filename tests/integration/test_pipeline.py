@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from leadback.invalid import InvalidRecord, InvalidRequest
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from tests.conftest import WRITE_KEY, run_ingest
@@ -157,4 +158,9 @@ async def test_invalid_inputs_get_documented_answers_and_invalid_records(
         ]
     )
     assert all("wrong-key" not in str(r) for r in invalid)
+    for record in invalid:  # one shape for both paths (docs/asyncapi.yaml, InvalidInput)
+        assert list(record) == list(InvalidRecord.__annotations__)
+        assert list(record["request"]) == list(InvalidRequest.__annotations__)
+        where = (record["source"], record["request"]["method"], record["request"]["path"])
+        assert where in {("pixel", "GET", "/p.gif"), ("json", "POST", "/v1/events")}
     assert await topic_size(bootstrap, topics.kafka.topic_events) == 0

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.enrich.bots import BotDetector
-from leadback.enrich.consent import decide_consent
+from leadback.enrich.consent import (
+    NO_SIGNALS,
+    ConsentSignals,
+    ConsentStatus,
+    decide_consent,
+    signals_from_query,
+)
 from leadback.enrich.ip import client_ip, parse_networks, truncate_ip
 from leadback.errors import InvalidInputError
+from leadback.events import Consent
 
 # --- truncate_ip ---------------------------------------------------------------------------
 
@@ -218,6 +226,22 @@ def test_bot_detection_is_cached_per_user_agent(monkeypatch: pytest.MonkeyPatch)
 ALL = ["all"]
 
 
+def query_consent(
+    *,
+    param: str | None = None,
+    gpc_header: str | None = None,
+    dnt_header: str | None = None,
+    gpc_param: str | None = None,
+    default: ConsentStatus = "granted",
+    honor_dnt: bool = True,
+) -> Consent:
+    """The consent of a query-string request, as the pixel decides it."""
+    signals = signals_from_query(
+        param, gpc_header=gpc_header, dnt_header=dnt_header, gpc_param=gpc_param
+    )
+    return decide_consent(signals, default=default, honor_dnt=honor_dnt)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
@@ -258,7 +282,7 @@ ALL = ["all"]
 def test_decide_consent(
     kwargs: dict[str, object], expected: tuple[str, list[str], bool, bool, bool]
 ) -> None:
-    args: dict[str, object] = {
+    args: dict[str, Any] = {
         "param": None,
         "gpc_header": None,
         "dnt_header": None,
@@ -266,7 +290,7 @@ def test_decide_consent(
         "honor_dnt": True,
     }
     args.update(kwargs)
-    consent = decide_consent(**args)  # type: ignore[arg-type]
+    consent = query_consent(**args)
     status, purposes, gpc, dnt, tracking = expected
     assert consent == {
         "status": status,
@@ -279,18 +303,10 @@ def test_decide_consent(
 
 def test_consent_limits_are_inclusive() -> None:
     purposes = [f"p{i}" for i in range(32)]
-    consent = decide_consent(
-        param=",".join(purposes),
-        gpc_header=None,
-        dnt_header=None,
-        default="denied",
-        honor_dnt=True,
-    )
+    consent = query_consent(param=",".join(purposes), default="denied")
     assert consent["purposes"] == purposes
     long_name = "a" * 64
-    consent = decide_consent(
-        param=long_name, gpc_header=None, dnt_header=None, default="denied", honor_dnt=True
-    )
+    consent = query_consent(param=long_name, default="denied")
     assert consent["purposes"] == [long_name]
 
 
@@ -310,8 +326,37 @@ def test_consent_limits_are_inclusive() -> None:
 )
 def test_invalid_consent(param: str) -> None:
     with pytest.raises(InvalidInputError) as info:
-        decide_consent(
-            param=param, gpc_header=None, dnt_header=None, default="granted", honor_dnt=True
-        )
+        signals_from_query(param, gpc_header=None, dnt_header=None)
     assert info.value.reason == "invalid_consent"
     assert info.value.field == "consent"
+
+
+Signals = ConsentSignals
+
+
+@pytest.mark.parametrize(
+    ("signals", "default", "honor_dnt", "expected"),
+    [
+        (NO_SIGNALS, "granted", True, ("granted", ALL, False, False, True)),
+        (NO_SIGNALS, "denied", True, ("denied", [], False, False, False)),
+        (Signals(status="granted"), "denied", True, ("granted", ALL, False, False, True)),
+        (Signals(status="denied"), "granted", True, ("denied", [], False, False, False)),
+        # purposes sent are kept as sent, whatever the status
+        (Signals(purposes=["ads"]), "granted", True, ("granted", ["ads"], False, False, True)),
+        (Signals(purposes=["ads"]), "denied", True, ("denied", ["ads"], False, False, False)),
+        (Signals("granted", purposes=[]), "denied", True, ("granted", [], False, False, True)),
+        # GPC always, DNT when honoured, stop tracking; both recorded as sent
+        (Signals(gpc=True), "granted", True, ("granted", ALL, True, False, False)),
+        (Signals(dnt=True), "granted", True, ("granted", ALL, False, True, False)),
+        (Signals(dnt=True), "granted", False, ("granted", ALL, False, True, True)),
+    ],
+)  # fmt: skip
+def test_decide_consent_from_protocol_neutral_signals(
+    signals: ConsentSignals,
+    default: ConsentStatus,
+    honor_dnt: bool,
+    expected: tuple[str, list[str], bool, bool, bool],
+) -> None:
+    consent = decide_consent(signals, default=default, honor_dnt=honor_dnt)
+    assert tuple(consent.values()) == expected
+    assert list(consent) == ["status", "purposes", "gpc", "dnt", "tracking"]

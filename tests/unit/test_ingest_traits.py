@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -14,34 +12,11 @@ from leadback.identity.contacts import ContactCipher, sha256_hex
 from leadback.ingest.app import IngestApp, create_app
 from leadback.ingest.pixel import GIF
 from leadback.settings import DEMO_WRITE_KEY, Settings, load_settings
+from tests.unit.ingest_kit import CapturingDelivery, pixel, post
 
 KEY = ContactCipher.generate_key()
 EMAIL = "Ann.Lee@Example.com"
 CLEAR = [b"Ann.Lee", b"ann.lee", b"Example.com", b"example.com", b"5550123"]
-
-
-class CapturingDelivery:
-    """Stands in for :class:`leadback.kafka.delivery.Delivery`: keeps what is submitted."""
-
-    ready = True
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None, bytes]] = []
-
-    def submit(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self.records.append((topic, key, value))
-
-    def set_latency_observer(self, observe: Any) -> None:
-        return None
-
-    def on(self, topic: str) -> list[dict[str, Any]]:
-        return [orjson.loads(value) for t, _, value in self.records if t == topic]
-
-    def assert_nothing_in_clear(self) -> None:
-        assert self.records
-        for _, _, value in self.records:
-            for clear in CLEAR:
-                assert clear not in value, (clear, value)
 
 
 @pytest.fixture
@@ -62,27 +37,6 @@ def app(settings: Settings, delivery: CapturingDelivery) -> IngestApp:
     return create_app(settings, delivery)  # type: ignore[arg-type]
 
 
-async def pixel(app: IngestApp, query: bytes) -> bytes:
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/p.gif",
-        "query_string": query,
-        "headers": [(b"user-agent", b"Mozilla/5.0")],
-        "client": ("203.0.113.7", 50000),
-        "scheme": "https",
-    }
-    await app(scope, None, send)
-    assert sent[0]["status"] == 200
-    body: bytes = sent[1]["body"]
-    return body
-
-
 async def test_pixel_contact_traits_reach_the_topic_only_hashed_and_encrypted(
     app: IngestApp, settings: Settings, delivery: CapturingDelivery
 ) -> None:
@@ -95,7 +49,7 @@ async def test_pixel_contact_traits_reach_the_topic_only_hashed_and_encrypted(
     assert traits["email_sha256"] == sha256_hex("ann.lee@example.com")
     assert traits["phone_sha256"] == sha256_hex("+14155550123")
     assert ContactCipher([KEY]).decrypt(traits["email_enc"]) == "ann.lee@example.com"
-    delivery.assert_nothing_in_clear()
+    delivery.assert_nothing_in_clear(CLEAR)
 
 
 async def test_pixel_with_an_invalid_trait_gets_the_gif_and_a_redacted_invalid_record(
@@ -105,7 +59,7 @@ async def test_pixel_with_an_invalid_trait_gets_the_gif_and_a_redacted_invalid_r
     assert delivery.on(settings.kafka.topic_events) == []
     [record] = delivery.on(settings.kafka.topic_invalid)
     assert record["reason"] == "invalid_trait"
-    delivery.assert_nothing_in_clear()
+    delivery.assert_nothing_in_clear(CLEAR)
 
 
 async def test_pixel_without_traits_is_unchanged(
@@ -114,14 +68,6 @@ async def test_pixel_without_traits_is_unchanged(
     await pixel(app, b"site=demo&p.x=1")
     [event] = delivery.on(settings.kafka.topic_events)
     assert event["traits"] == {}
-
-
-async def post(app: IngestApp, body: Any, key: str = DEMO_WRITE_KEY) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-        return await client.post(
-            "/v1/events", content=orjson.dumps(body), headers={"X-Write-Key": key}
-        )
 
 
 async def test_json_contact_traits_reach_the_topic_only_hashed_and_encrypted(
@@ -153,7 +99,7 @@ async def test_json_contact_traits_reach_the_topic_only_hashed_and_encrypted(
     invalid = delivery.on(settings.kafka.topic_invalid)
     assert [r["reason"] for r in invalid] == ["invalid_trait", "invalid_trait", "invalid_event"]
     assert '"mail":"[redacted]"' in invalid[2]["request"]["body"]  # keys kept, values not
-    delivery.assert_nothing_in_clear()
+    delivery.assert_nothing_in_clear(CLEAR)
 
 
 @pytest.mark.parametrize(
@@ -169,21 +115,15 @@ async def test_refused_batches_leave_no_trait_in_clear(
 ) -> None:
     response = await post(app, body, key)
     assert response.status_code in (400, 401)
-    delivery.assert_nothing_in_clear()
+    delivery.assert_nothing_in_clear(CLEAR)
 
 
 async def test_unparseable_body_that_mentions_traits_is_dropped(
     app: IngestApp, settings: Settings, delivery: CapturingDelivery
 ) -> None:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-        response = await client.post(
-            "/v1/events",
-            content=b'{"batch": [{"traits": {"email": "Ann.Lee@Example.com"',
-            headers={"X-Write-Key": DEMO_WRITE_KEY},
-        )
+    response = await post(app, None, raw=b'{"batch": [{"traits": {"email": "Ann.Lee@Example.com"')
     assert response.status_code == 400
     [record] = delivery.on(settings.kafka.topic_invalid)
     assert record["reason"] == "invalid_json"
     assert record["request"]["body"] == "[redacted]"
-    delivery.assert_nothing_in_clear()
+    delivery.assert_nothing_in_clear(CLEAR)

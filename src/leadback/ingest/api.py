@@ -3,13 +3,12 @@
 Errors map to HTTP status in exactly one place (:func:`_error_response`): invalid input 400,
 auth 401, over-size 413, back-pressure 503 with ``Retry-After``.
 
-Records on the invalid topic never carry trait values: they are contact details, and the
-events topic only ever sees them hashed or encrypted (:mod:`leadback.identity.contacts`).
+What cannot be accepted goes to the invalid topic as a :mod:`leadback.invalid` record (which
+keeps trait values and the write key off it).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 import orjson
@@ -17,13 +16,15 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from leadback.clock import Clock
 from leadback.enrich.bots import BotDetector
-from leadback.enrich.ip import client_ip, parse_networks, truncate_ip
+from leadback.enrich.ip import client_ip, parse_networks
 from leadback.errors import AuthError, BackpressureError, InvalidInputError, LeadbackError
-from leadback.events import event_key, format_ts
+from leadback.events import event_key
 from leadback.identity.contacts import ContactCipher
 from leadback.ingest.sites import SiteRegistry, write_key_from_headers
 from leadback.ingest.stats import IngestStats
+from leadback.invalid import invalid_record, kafka_record
 from leadback.kafka.delivery import Delivery
 from leadback.protocols.jsonapi import canonical_from_json, parse_batch
 from leadback.settings import Settings
@@ -48,6 +49,7 @@ class IngestContext:
         registry: CollectorRegistry,
         bots: BotDetector,
         cipher: ContactCipher,
+        clock: Clock,
     ) -> None:
         self.settings = settings
         self.sites = sites
@@ -56,6 +58,7 @@ class IngestContext:
         self.registry = registry
         self.bots = bots
         self.cipher = cipher
+        self.clock = clock
         self.trusted = parse_networks(settings.ingest.trusted_proxies)
 
 
@@ -113,7 +116,7 @@ async def post_events(
     listed in ``errors`` and go to the invalid topic); 400 bad JSON or batch shape, 401 bad
     key, 413 over size or over the event count, 503 when local buffers are full.
     """
-    now = time.time()
+    now = ctx.clock.now()
     limits = ctx.settings.ingest
     peer = request.client.host if request.client else None
     ip = client_ip(peer, request.headers.get("x-forwarded-for"), ctx.trusted)
@@ -129,7 +132,7 @@ async def post_events(
                 f"{len(items)} events; at most {limits.max_batch_events} per batch"
             )
     except InvalidInputError as exc:
-        _invalid(ctx, exc.reason, exc.detail, site_id, ip, ua, body, now)
+        _invalid(ctx, exc, site_id, request, ip, body, now)
         status = _error_response(exc)
         ctx.stats.requests[("events", status.status_code)] += 1
         return status
@@ -162,7 +165,7 @@ async def post_events(
                     {"index": index, "reason": exc.reason, "detail": exc.detail, "field": exc.field}
                 )
                 event_ids.append(None)
-                _invalid(ctx, exc.reason, exc.detail, site_id, ip, ua, _redacted_event(raw), now)
+                _invalid(ctx, exc, site_id, request, ip, orjson.dumps(raw), now)
                 continue
             ctx.delivery.submit(
                 ctx.settings.kafka.topic_events,
@@ -185,79 +188,32 @@ async def post_events(
 
 def _invalid(
     ctx: IngestContext,
-    reason: str,
-    detail: str,
+    exc: InvalidInputError,
     site_id: str | None,
+    request: Request,
     ip: str | None,
-    ua: str | None,
     body: bytes,
     now: float,
 ) -> None:
-    ctx.stats.invalid[reason] += 1
-    truncated = truncate_ip(ip or "")
-    record = {
-        "reason": reason,
-        "detail": detail,
-        "source": "json",
-        "received_at": format_ts(now),
-        "site_id": site_id,
-        "request": {
-            "body": _redacted_body(body)[:8192].decode("utf-8", "replace"),
-            "body_bytes": len(body),
-            "user_agent": ua,
-            "ip": truncated,
-        },
-    }
-    key = (site_id or truncated or "").encode() or None
+    ctx.stats.invalid[exc.reason] += 1
+    record = invalid_record(
+        exc.reason,
+        exc.detail,
+        source="json",
+        now=now,
+        site_id=site_id,
+        field=exc.field,
+        method=request.method,
+        path=request.url.path,
+        body=body,
+        user_agent=request.headers.get("user-agent"),
+        ip=ip,
+    )
+    key, value = kafka_record(record)
     try:
-        ctx.delivery.submit(ctx.settings.kafka.topic_invalid, key, orjson.dumps(record))
+        ctx.delivery.submit(ctx.settings.kafka.topic_invalid, key, value)
     except BackpressureError:
         ctx.stats.dropped += 1
-
-
-REDACTED = "[redacted]"
-_MAX_REDACT_DEPTH = 32
-
-
-def _redact(doc: Any, depth: int = 0) -> Any:
-    """``doc`` with the values of every ``traits`` object in it replaced (keys kept, to debug).
-
-    Anything nested deeper than we look is replaced whole.
-    """
-    if depth > _MAX_REDACT_DEPTH:
-        return REDACTED
-    if isinstance(doc, list):
-        return [_redact(item, depth + 1) for item in doc]
-    if not isinstance(doc, dict):
-        return doc
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        if key != "traits":
-            out[key] = _redact(value, depth + 1)
-        elif isinstance(value, dict):
-            out[key] = dict.fromkeys(value, REDACTED)
-        else:
-            out[key] = REDACTED
-    return out
-
-
-def _redacted_event(raw: Any) -> bytes:
-    return orjson.dumps(_redact(raw))[:8192]
-
-
-def _redacted_body(body: bytes) -> bytes:
-    """A refused request body without trait values. Unchanged when it has none; one that does
-    not parse but mentions traits is dropped whole (we cannot tell where they are)."""
-    if not body:
-        return body
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return REDACTED.encode() if b"trait" in body.lower() else body
-    redacted = _redact(doc)
-    if redacted == doc:
-        return body
-    return orjson.dumps(redacted)
 
 
 @router.get("/healthz")

@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from leadback.clock import Clock, SystemClock
 from leadback.enrich.bots import BotDetector
 from leadback.identity.contacts import contact_cipher
 from leadback.ingest.api import IngestContext, build_api
-from leadback.ingest.pixel import PixelHandler
+from leadback.ingest.pixel import PIXEL_PATH, PixelHandler
 from leadback.ingest.sites import SiteRegistry
 from leadback.ingest.stats import IngestStats, ingest_samples
 from leadback.kafka.delivery import Delivery
@@ -22,8 +23,6 @@ from leadback.metrics import CallbackCollector
 from leadback.settings import Settings
 
 log = get_logger(__name__)
-
-PIXEL_PATH = "/p.gif"
 
 
 class IngestApp:
@@ -45,15 +44,19 @@ class IngestApp:
         await self.api(scope, receive, send)
 
 
-def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
-    """Build the ingest app around a :class:`Delivery` (started and closed by the lifespan)."""
+def create_app(settings: Settings, delivery: Delivery, *, clock: Clock | None = None) -> IngestApp:
+    """Build the ingest app around a :class:`Delivery` (started and closed by the lifespan).
+
+    ``clock`` stamps every request (``received_at``, event ids); the system clock by default.
+    """
+    clock = clock or SystemClock()
     sites = SiteRegistry(settings.sites)
     stats = IngestStats()
     registry = CollectorRegistry()
     registry.register(CallbackCollector(lambda: ingest_samples(stats, delivery)))
     bots = BotDetector()  # one user-agent cache for the pixel and the API
     cipher = contact_cipher(settings)  # may create the embedded key file: once, here
-    ctx = IngestContext(settings, sites, delivery, stats, registry, bots, cipher)
+    ctx = IngestContext(settings, sites, delivery, stats, registry, bots, cipher, clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -69,5 +72,5 @@ def create_app(settings: Settings, delivery: Delivery) -> IngestApp:
             await delivery.close(settings.ingest.shutdown_timeout_s)
 
     api = build_api(ctx, lifespan)
-    pixel = PixelHandler(settings, sites, delivery, stats, bots, cipher)
+    pixel = PixelHandler(settings, sites, delivery, stats, bots, cipher, clock)
     return IngestApp(pixel, api, delivery)

@@ -8,22 +8,70 @@ prebuilt response bytes. Every other request, and a pixel pipelined behind one, 
 uvicorn's own ASGI machinery unchanged (FastAPI for the rest of the API).
 
 Depends on uvicorn's ``HttpToolsProtocol`` internals; the version range is pinned in
-``pyproject.toml`` and tests/integration cover keep-alive, pipelining and the API path.
+``pyproject.toml``, :mod:`leadback.ingest.fast_path` decides at start-up whether this protocol
+can run (and logs it), and tests/integration cover keep-alive, pipelining and the API path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any
+from typing import Any, Final
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from leadback.ingest.pixel import PixelHandler, raw_response
+from leadback.ingest.pixel import PIXEL_PATH, PixelHandler, raw_response
 
-PIXEL_TARGET = b"/p.gif"
+PIXEL_TARGET = PIXEL_PATH.encode()
+
+#: What this module overrides or relies on in uvicorn's ``HttpToolsProtocol``: methods, and
+#: attributes its ``__init__`` or ``connection_made`` sets (``url`` is reset by our
+#: ``on_message_begin`` and filled by uvicorn's ``on_url``). :mod:`leadback.ingest.fast_path`
+#: checks them at start-up so a uvicorn that changed them is noticed, not run.
+USED_METHODS: Final = (
+    "on_message_begin",
+    "on_url",
+    "on_headers_complete",
+    "on_header",
+    "on_body",
+    "on_message_complete",
+    "data_received",
+    "shutdown",
+    "resume_writing",
+    "timeout_keep_alive_handler",
+)
+USED_ATTRIBUTES: Final = (
+    "app",
+    "loop",
+    "parser",
+    "cycle",
+    "pipeline",
+    "headers",
+    "expect_100_continue",
+    "server_state",
+    "transport",
+    "flow",
+    "client",
+    "scheme",
+    "timeout_keep_alive",
+    "timeout_keep_alive_task",
+)
+
+
+def missing_internals(base: type = HttpToolsProtocol) -> list[str]:
+    """The names in :data:`USED_METHODS` and :data:`USED_ATTRIBUTES` that ``base``
+    (uvicorn's ``HttpToolsProtocol``) no longer has; empty when all are there."""
+    # Attributes live on instances; the attribute names a method uses are in its co_names.
+    assigned: set[str] = set()
+    for method in ("__init__", "connection_made"):
+        code = getattr(getattr(base, method, None), "__code__", None)
+        if code is not None:
+            assigned.update(code.co_names)
+    missing = [name for name in USED_METHODS if not callable(getattr(base, name, None))]
+    missing += [name for name in USED_ATTRIBUTES if name not in assigned]
+    return missing
 
 
 class ResponseBatch:
@@ -125,18 +173,18 @@ class IngestHttpProtocol(HttpToolsProtocol):
         self._in_pixel = False
         parser = self.parser
         keep_alive = parser.should_keep_alive()
+        head = parser.get_method() == b"HEAD"
         url = self.url
         set_cookie = self._pixel.handle(  # type: ignore[union-attr]
             url[len(PIXEL_TARGET) + 1 :],
             self.headers,
             self.client[0] if self.client else None,
             self.scheme == "https",
+            head=head,
         )
         self.server_state.total_requests += 1
         self._writes.add(
-            self,
-            raw_response(set_cookie, head=parser.get_method() == b"HEAD", keep_alive=keep_alive),
-            keep_alive,
+            self, raw_response(set_cookie, head=head, keep_alive=keep_alive), keep_alive
         )
         if keep_alive:
             self._arm_keep_alive = True

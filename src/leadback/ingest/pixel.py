@@ -7,24 +7,27 @@ with a reason on the invalid topic. The visitor cookie is (re)set only when cons
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
+from leadback.clock import Clock
 from leadback.enrich.bots import BotDetector
-from leadback.enrich.ip import client_ip, parse_networks, truncate_ip
+from leadback.enrich.ip import client_ip, parse_networks
 from leadback.errors import BackpressureError, InvalidInputError
 from leadback.events import event_key
 from leadback.identity.contacts import ContactCipher
 from leadback.ingest.sites import SiteRegistry
 from leadback.ingest.stats import IngestStats
+from leadback.invalid import invalid_record, kafka_record
 from leadback.kafka.delivery import Delivery
 from leadback.logs import get_logger
-from leadback.protocols.pixel import PixelPolicy, PixelRequest, invalid_record, parse_pixel
+from leadback.protocols.pixel import PixelPolicy, PixelRequest, parse_pixel
 from leadback.settings import Settings
 
 log = get_logger(__name__)
+
+PIXEL_PATH: Final = "/p.gif"
 
 # The smallest transparent 1x1 GIF (the same 43 bytes as nginx's empty_gif).
 GIF = (
@@ -91,8 +94,10 @@ class PixelHandler:
         stats: IngestStats,
         bots: BotDetector,
         cipher: ContactCipher,
+        clock: Clock,
     ) -> None:
         ing = settings.ingest
+        self._clock = clock
         self._delivery = delivery
         self._stats = stats
         self._topic = settings.kafka.topic_events
@@ -125,11 +130,13 @@ class PixelHandler:
         headers: list[tuple[bytes, bytes]],
         peer_ip: str | None,
         https: bool,
+        *,
+        head: bool = False,
     ) -> bytes | None:
         """One pixel request (lower-case header names) -> the ``Set-Cookie`` value to send,
         if any. Never raises for anything a client sends: the event is submitted, or a
-        record with the reason goes to the invalid topic."""
-        now = time.time()
+        record with the reason goes to the invalid topic. ``head``: a ``HEAD`` request."""
+        now = self._clock.now()
         ua = cookie = gpc = dnt = lang = xff = proto = None
         for name, value in headers:
             if name == b"user-agent":
@@ -173,13 +180,13 @@ class PixelHandler:
             stats.pixel_accepted += 1
             set_cookie = result.set_cookie_visitor_id
         except InvalidInputError as exc:
-            self._reject(exc.reason, exc.detail, req, now)
+            self._reject(exc.reason, exc.detail, exc.field, req, now, head)
         except BackpressureError:
             stats.dropped += 1
             log.error("pixel dropped: memory queue and spool are full")
         except Exception as exc:
             log.exception("pixel handling failed")
-            self._reject("internal_error", repr(exc), req, now)
+            self._reject("internal_error", repr(exc), None, req, now, head)
         stats.pixel_requests += 1
         if set_cookie is None:
             return None
@@ -198,6 +205,7 @@ class PixelHandler:
             scope["headers"],
             peer[0] if peer else None,
             scope.get("scheme") == "https",
+            head=scope.get("method") == "HEAD",
         )
         if set_cookie is None:
             start: dict[str, Any] = _START_PLAIN
@@ -213,13 +221,32 @@ class PixelHandler:
     def _cookie_value(self, header: bytes) -> str | None:
         return cookie_value(header, self._cookie_prefix)
 
-    def _reject(self, reason: str, detail: str, req: PixelRequest, now: float) -> None:
+    def _reject(
+        self,
+        reason: str,
+        detail: str,
+        field: str | None,
+        req: PixelRequest,
+        now: float,
+        head: bool,
+    ) -> None:
         self._stats.invalid[reason] += 1
-        site = _site_param(req.query)
-        record = invalid_record(reason, detail, req, now=now, site_id=site)
-        key = (site or truncate_ip(req.ip or "") or "").encode()
+        record = invalid_record(
+            reason,
+            detail,
+            source="pixel",
+            now=now,
+            site_id=_site_param(req.query),
+            field=field,
+            method="HEAD" if head else "GET",
+            path=PIXEL_PATH,
+            query=req.query,
+            user_agent=req.user_agent,
+            ip=req.ip,
+        )
+        key, value = kafka_record(record)
         try:
-            self._delivery.submit(self._invalid_topic, key or None, orjson.dumps(record))
+            self._delivery.submit(self._invalid_topic, key, value)
         except BackpressureError:
             self._stats.dropped += 1
 

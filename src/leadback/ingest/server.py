@@ -1,4 +1,8 @@
-"""Run the ingest service with uvicorn (uvloop + httptools), one or several worker processes."""
+"""Run the ingest service with uvicorn (uvloop + httptools), one or several worker processes.
+
+The pixel takes the inline fast path when the installed uvicorn allows it
+(:mod:`leadback.ingest.fast_path`, logged at start), else uvicorn's own protocol.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from leadback.ingest.app import IngestApp, create_app
-from leadback.ingest.http import IngestHttpProtocol
+from leadback.ingest.fast_path import detect_fast_path, log_fast_path
 from leadback.kafka.config import resolve_bootstrap
 from leadback.kafka.delivery import Delivery
 from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
@@ -44,11 +48,13 @@ def app_factory() -> IngestApp:
 
 
 def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    fast_path = detect_fast_path()
+    log_fast_path(fast_path)
     return {
         "host": settings.ingest.host,
         "port": settings.ingest.port,
         "loop": "uvloop",
-        "http": IngestHttpProtocol,
+        "http": fast_path.protocol,
         "lifespan": "on",
         "access_log": False,
         "log_level": "warning",

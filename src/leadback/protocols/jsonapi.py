@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
+from leadback.enrich.consent import ConsentSignals, decide_consent
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
 from leadback.identity.contacts import ContactCipher, protect_traits
@@ -134,12 +135,13 @@ def canonical_from_json(
         )
     if item.type == "custom" and not item.name:
         raise InvalidInputError("missing_name", "custom events need a name", field="name")
-    status = item.consent.status or consent_default
-    tracking = status == "granted" and not item.consent.gpc and not (item.consent.dnt and honor_dnt)
-    purposes = item.consent.purposes
-    if purposes is None:
-        purposes = ["all"] if status == "granted" else []
-    anonymous_id = item.anonymous_id if tracking else None
+    sent = item.consent
+    consent = decide_consent(
+        ConsentSignals(status=sent.status, purposes=sent.purposes, gpc=sent.gpc, dnt=sent.dnt),
+        default=consent_default,
+        honor_dnt=honor_dnt,
+    )
+    anonymous_id = item.anonymous_id if consent["tracking"] else None
     if anonymous_id is None and item.user_id is None and item.anonymous_id is None:
         raise InvalidInputError(
             "missing_identity", "an event needs anonymous_id or user_id", field="anonymous_id"
@@ -185,13 +187,7 @@ def canonical_from_json(
             "ip": truncate_ip(item.context.ip or peer_ip or ""),
             "language": item.context.language,
         },
-        "consent": {
-            "status": status,
-            "purposes": purposes,
-            "gpc": item.consent.gpc,
-            "dnt": item.consent.dnt,
-            "tracking": tracking,
-        },
+        "consent": consent,
         "bot": bots.is_bot(user_agent),
         "source": "json",
     }

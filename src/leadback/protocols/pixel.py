@@ -58,12 +58,13 @@ Every over-long field is ``field_too_long`` with ``field`` set to the parameter.
 ``max_query_bytes`` is ``query_too_long``; one that is not UTF-8 after percent-decoding is
 ``bad_encoding``. Checks run in this order: size, encoding, site, then the other parameters.
 
-Server side: ``received_at`` is the server clock; ``context.ip`` is the truncated client IP
-(never the whole one); ``bot`` comes from the user agent. The visitor cookie is used and
-refreshed only when consent allows tracking: then ``anonymous_id`` is ``aid``, else a valid
-cookie id, else a new id, and the cookie is (re)set to it unless it is an ``aid`` that is not
-a Leadback visitor id. Without tracking, ``anonymous_id`` is null, no cookie is set, and a
-cookie sent is ignored: a visitor who refused must not be linked across events.
+Server side: ``received_at`` is the caller's ``now`` (ingest's clock); ``context.ip`` is the
+truncated client IP (never the whole one); ``bot`` comes from the user agent. The visitor
+cookie is used and refreshed only when consent allows tracking: then ``anonymous_id`` is
+``aid``, else a valid cookie id, else a new id, and the cookie is (re)set to it unless it is
+an ``aid`` that is not a Leadback visitor id. Without tracking, ``anonymous_id`` is null, no
+cookie is set, and a cookie sent is ignored: a visitor who refused must not be linked across
+events.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from urllib.parse import unquote_plus, unquote_to_bytes
 
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
-from leadback.enrich.consent import decide_consent
+from leadback.enrich.consent import decide_consent, signals_from_query
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
 from leadback.identity.contacts import ContactCipher, protect_traits
@@ -102,8 +103,6 @@ PIXEL_REASONS: Final = frozenset(
         "invalid_trait",
     }
 )
-
-INVALID_QUERY_CHARS: Final = 8192  # how much of a refused query the invalid record keeps
 
 _ID_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 _KEY_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -449,11 +448,14 @@ def parse_pixel(
             traits, policy.contact_cipher, default_region=policy.default_phone_region
         )
 
-    consent = decide_consent(
-        param=get("consent"),
+    signals = signals_from_query(
+        get("consent"),
         gpc_header=req.gpc_header,
         gpc_param=get("gpc"),
         dnt_header=req.dnt_header,
+    )
+    consent = decide_consent(
+        signals,
         default=policy.consent_default_by_site.get(site, policy.consent_default),
         honor_dnt=policy.honor_dnt,
     )
@@ -497,33 +499,3 @@ def parse_pixel(
         "source": "pixel",
     }
     return PixelResult(event, set_cookie)
-
-
-def _redact_traits(query: str) -> str:
-    # Traits carry contact details (e-mail, phone): never in clear on the invalid topic,
-    # whatever the reason the pixel was refused (invalid_trait included).
-    parts = query.split("&")
-    for i, part in enumerate(parts):
-        key, sep, _ = part.partition("=")
-        if sep and key.lower().startswith(("tr.", "tr%2e")):
-            parts[i] = f"{key}=[redacted]"
-    return "&".join(parts)
-
-
-def invalid_record(
-    reason: str, detail: str, req: PixelRequest, *, now: float, site_id: str | None
-) -> dict[str, object]:
-    """The JSON-able record for the invalid topic. Carries the truncated IP, never the whole."""
-    return {
-        "reason": reason,
-        "detail": detail,
-        "source": "pixel",
-        "received_at": ev.format_ts(now),
-        "site_id": site_id,
-        "request": {
-            # latin-1 maps each byte to one character: any bytes decode, nothing is lost.
-            "query": _redact_traits(req.query[:INVALID_QUERY_CHARS].decode("latin-1")),
-            "user_agent": req.user_agent[: ev.MAX_USER_AGENT] if req.user_agent else None,
-            "ip": truncate_ip(req.ip) if req.ip else None,
-        },
-    }
