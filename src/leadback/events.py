@@ -11,7 +11,6 @@ recognised is not linked across events).
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypedDict
 
@@ -130,17 +129,12 @@ _TS_CACHE_SIZE = 4096
 _ts_prefixes: dict[int, str] = {}
 
 
-def format_ts(ts: float | None = None) -> str:
+def format_ts(ts: float) -> str:
     """Unix seconds -> ``2026-11-23T07:00:00.123Z`` (UTC, milliseconds).
 
-    Request, round and evaluation paths pass their injected clock's time; ``ts`` omitted reads
-    the wall clock, left only for the callers that have no clock yet (the segmenter's
-    quarantine, the audience repository): to be removed once they pass one.
-    Formatted seconds are cached: on the pixel path most calls share a few of them (the
-    server's clock and the clients' send times).
+    Callers pass their injected clock's time. Formatted seconds are cached: on the pixel path
+    most calls share a few of them (the server's clock and the clients' send times).
     """
-    if ts is None:
-        ts = time.time()
     second, ms = divmod(int(ts * 1000), 1000)
     prefix = _ts_prefixes.get(second)
     if prefix is None:

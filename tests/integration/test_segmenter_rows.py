@@ -52,6 +52,10 @@ async def test_garbage_goes_to_invalid_topic_and_duplicates_count_once(
     invalid = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_invalid)
     assert sorted(r["reason"] for r in invalid) == ["missing_site_id", "not_json"]
     assert {r["source"] for r in invalid} == {"segmenter"}
+    # The one documented shape (docs/asyncapi.yaml): the refused value is the request body.
+    bodies = {r["reason"]: r["request"]["body"] for r in invalid}
+    assert bodies == {"not_json": "{not json", "missing_site_id": '{"event_id": "x"}'}
+    assert {r["schema_version"] for r in invalid} == {1}
 
 
 async def _produce(settings: Settings, values: list[tuple[bytes, bytes]]) -> None:

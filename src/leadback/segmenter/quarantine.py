@@ -9,7 +9,7 @@ import orjson
 
 from leadback.clock import Clock
 from leadback.errors import StoreRejectedError
-from leadback.events import format_ts
+from leadback.invalid import kafka_record, rejected_event_record
 from leadback.logs import get_logger
 from leadback.store.client import ClickHouseStore
 from leadback.stream.batches import PartitionBatch
@@ -50,7 +50,7 @@ class Quarantine:
             if reason is None:
                 good.append(value)
             else:
-                await self._invalid_sink(None, self._record(reason, value))
+                await self._send(reason, value)
                 self.quarantined += 1
         if not good:
             return b""
@@ -70,21 +70,14 @@ class Quarantine:
             # Every row looks canonical yet the engine refuses them: keep them visible.
             log.error("filtered batch still rejected", token=token, error=str(exc))
             for value in good:
-                await self._invalid_sink(None, self._record("store_rejected", value, str(exc)))
+                await self._send("store_rejected", value, str(exc))
             self.quarantined += len(good)
             return b""
         return body
 
-    def _record(self, reason: str, value: bytes, detail: str = "") -> bytes:
-        return orjson.dumps(
-            {
-                "reason": reason,
-                "detail": detail[:1000],
-                "source": "segmenter",
-                "received_at": format_ts(self._clock.now()),
-                "raw": value[:8192].decode("utf-8", "replace"),
-            }
-        )
+    async def _send(self, reason: str, value: bytes, detail: str = "") -> None:
+        key, record = kafka_record(rejected_event_record(reason, value, detail, self._clock.now()))
+        await self._invalid_sink(key, record)
 
 
 def invalid_reason(value: bytes) -> str | None:
