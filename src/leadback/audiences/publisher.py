@@ -1,40 +1,13 @@
-"""Publish audience changes to Kafka and wait for the broker's acknowledgement."""
+"""Publish audience changes to Kafka (librdkafka) and wait for the broker's acknowledgement."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Sequence
 
 from leadback.audiences.changes import ChangeRecord, encode
+from leadback.clock import Clock, SystemClock
 from leadback.errors import BrokerUnavailableError, QueueFullError
-from leadback.kafka.producer import RecordProducer
 from leadback.kafka.rdkafka import QueueingProducer
-
-
-class KafkaChangePublisher:
-    """:class:`~leadback.audiences.changes.ChangePublisher` on a Leadback record producer."""
-
-    def __init__(self, producer: RecordProducer, topic: str, *, timeout_s: float = 30.0) -> None:
-        self._producer = producer
-        self._topic = topic
-        self._timeout_s = timeout_s
-
-    async def publish(self, records: Sequence[ChangeRecord]) -> None:
-        """Send every record; raise ``BrokerUnavailableError`` unless all were acknowledged."""
-        futures = []
-        for record in records:
-            key, value = encode(record)
-            futures.append(await self._producer.send(self._topic, key, value))
-        if not futures:
-            return
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await asyncio.gather(*futures)
-        except TimeoutError as exc:
-            raise BrokerUnavailableError(
-                f"{len(futures)} audience changes not acknowledged in {self._timeout_s}s"
-            ) from exc
 
 
 class QueuedChangePublisher:
@@ -54,8 +27,10 @@ class QueuedChangePublisher:
         *,
         timeout_s: float = 30.0,
         poll_interval_s: float = 0.002,
+        clock: Clock | None = None,
     ) -> None:
         self._producer = producer
+        self._clock = clock or SystemClock()
         self._topic = topic
         self._timeout_s = timeout_s
         self._poll_interval_s = poll_interval_s
@@ -69,7 +44,7 @@ class QueuedChangePublisher:
         def failed(_topic: str, _key: bytes | None, _value: bytes, reason: str) -> None:
             failures.append(reason)
 
-        deadline = time.monotonic() + self._timeout_s
+        deadline = self._clock.monotonic() + self._timeout_s
         for record in records:
             key, value = encode(record)
             while True:
@@ -79,11 +54,11 @@ class QueuedChangePublisher:
                 except QueueFullError:
                     self._give_up_after(deadline, len(records))
                     self._producer.poll()
-                    await asyncio.sleep(self._poll_interval_s)
+                    await self._clock.sleep(self._poll_interval_s)
         while self._producer.pending():
             self._give_up_after(deadline, len(records))
             self._producer.poll()
-            await asyncio.sleep(self._poll_interval_s)
+            await self._clock.sleep(self._poll_interval_s)
         self._producer.poll()
         if failures:
             raise BrokerUnavailableError(
@@ -91,7 +66,7 @@ class QueuedChangePublisher:
             )
 
     def _give_up_after(self, deadline: float, count: int) -> None:
-        if time.monotonic() < deadline:
+        if self._clock.monotonic() < deadline:
             return
         # Not acknowledged in time: drop what is queued (the outbox sweep publishes the batch
         # again) so a late delivery does not mix with the next batch's count.
