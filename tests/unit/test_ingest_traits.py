@@ -31,9 +31,6 @@ class CapturingDelivery:
     def submit(self, topic: str, key: bytes | None, value: bytes) -> None:
         self.records.append((topic, key, value))
 
-    def set_latency_observer(self, observe: Any) -> None:
-        return None
-
     def on(self, topic: str) -> list[dict[str, Any]]:
         return [orjson.loads(value) for t, _, value in self.records if t == topic]
 
