@@ -1,11 +1,13 @@
-"""Helpers for integration tests: read topics, wait for ClickHouse counts, run the segmenter."""
+"""Helpers for integration tests: read topics and committed offsets, wait for a condition,
+count in ClickHouse, run the segmenter."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -49,16 +51,60 @@ async def topic_size(bootstrap: str, topic: str) -> int:
     return len(await read_topic(bootstrap, topic, idle_ms=1000))
 
 
+_UNSET: Any = object()
+
+
 async def wait_for(
-    probe: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 30.0
+    probe: Callable[[], Any],
+    expected: Any = _UNSET,
+    *,
+    until: Callable[[Any], bool] | None = None,
+    what: str = "",
+    timeout: float = 30.0,
+    interval: float = 0.2,
 ) -> Any:
-    """Poll ``probe`` until it returns ``expected``; return the last value either way."""
+    """Poll ``probe`` (sync or async) every ``interval`` s until its value equals ``expected``
+    or satisfies ``until``, and return that value. Past ``timeout`` s, fail with ``what`` was
+    awaited and the last value seen. The one way tests wait: for a condition, never a time."""
+    if (expected is _UNSET) == (until is None):
+        raise TypeError("wait_for needs exactly one of expected or until")
+    done = until if until is not None else lambda value: bool(value == expected)
     deadline = time.monotonic() + timeout
-    value = await probe()
-    while value != expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-        value = await probe()
-    return value
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            wanted = f" == {expected!r}" if until is None else ""
+            last = repr(value)
+            if len(last) > 600:
+                last = last[:600] + "..."
+            raise AssertionError(
+                f"waited {timeout:g}s for {what or 'the probe'}{wanted}; last value: {last}"
+            )
+        await asyncio.sleep(interval)
+
+
+async def committed_count(bootstrap: str, group: str, topic: str) -> int:
+    """Records of ``topic`` that consumer ``group`` has committed (the sum of its partitions'
+    committed offsets; offsets start at 0). Reads the offsets without joining the group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        total = 0
+        for p in parts:
+            total += await consumer.committed(TopicPartition(topic, p)) or 0
+        return total
+    finally:
+        await consumer.stop()
 
 
 async def count(store: ClickHouseStore, sql: str) -> int:

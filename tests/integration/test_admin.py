@@ -36,6 +36,7 @@ from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -582,10 +583,13 @@ async def test_cli_apply_list_members_export_and_errors(admin: Admin, tmp_path: 
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+            task.result()  # it failed to start: raise why
+        return bool(server.started)
+
+    await wait_for(started, True, what="the admin server to start", interval=0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     base = ["--url", f"http://127.0.0.1:{port}", "--token", TOKEN]
     runner = CliRunner()

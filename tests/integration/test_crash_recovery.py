@@ -18,6 +18,7 @@ from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.settings import Settings
 from tests.conftest import run_sql_in_subprocess
+from tests.integration.helpers import committed_count, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +92,38 @@ async def produce_events(topics: Settings, n: int, now: float) -> None:
     await producer.stop()
 
 
+async def restart_until_committed(
+    topics: Settings, env: dict[str, str], n: int, log_path: Path
+) -> bytes:
+    """Run the segmenter again until its group has committed all ``n`` events of the topic
+    (so every row is in ClickHouse: offsets are committed after the insert), then stop it
+    with SIGTERM. Returns its log (stderr), kept in a file so a full pipe cannot block it."""
+    cmd = [sys.executable, "-m", "leadback", "segmenter"]
+    with log_path.open("wb") as log:
+        survivor = subprocess.Popen(cmd, env=env, stderr=log, stdout=subprocess.DEVNULL)
+    try:
+
+        async def committed() -> int:
+            assert survivor.poll() is None, log_path.read_bytes().decode()[-3000:]
+            return await committed_count(
+                topics.kafka.bootstrap, topics.segmenter.group_id, topics.kafka.topic_events
+            )
+
+        # The dead member's partitions come back only after its session times out.
+        await wait_for(
+            committed, n, what=f"the restarted segmenter to commit {n} events", timeout=60
+        )
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(timeout=60)
+    finally:
+        if survivor.poll() is None:
+            survivor.kill()
+            survivor.wait()
+    err = log_path.read_bytes()
+    assert survivor.returncode == 0, err.decode()[-3000:]
+    return err
+
+
 async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
     topics: Settings, tmp_path: Path
 ) -> None:
@@ -112,13 +145,9 @@ async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
     landed = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events"))
     assert 0 < landed <= 400
 
-    survivor = subprocess.Popen(
-        cmd, env=segmenter_env(topics, chdb), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    err = await restart_until_committed(
+        topics, segmenter_env(topics, chdb), n, tmp_path / "survivor.log"
     )
-    time.sleep(8)
-    survivor.send_signal(signal.SIGTERM)
-    _, err = survivor.communicate(timeout=120)
-    assert survivor.returncode == 0, err.decode()[-3000:]
     assert b"replaying an intended batch" in err
     total = run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events")
     unique = run_sql_in_subprocess(chdb, "SELECT uniqExact(event_id) FROM leadback.events")
@@ -157,16 +186,9 @@ async def test_sigkill_while_catching_up_replays_every_uncommitted_range(
     landed = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events"))
     assert 400 <= landed < n
 
-    survivor = subprocess.Popen(
-        cmd,
-        env=segmenter_env(topics, chdb, **catch_up),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
+    err = await restart_until_committed(
+        topics, segmenter_env(topics, chdb, **catch_up), n, tmp_path / "survivor.log"
     )
-    time.sleep(8)
-    survivor.send_signal(signal.SIGTERM)
-    _, err = survivor.communicate(timeout=120)
-    assert survivor.returncode == 0, err.decode()[-3000:]
     replays = [
         orjson.loads(line)
         for line in err.splitlines()

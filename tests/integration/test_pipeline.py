@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from urllib.parse import urlencode
 
 import httpx
@@ -71,10 +70,11 @@ async def test_pixels_and_json_events_land_once_with_fields_right(
                 )
                 assert r.status_code == 200, r.text
                 assert r.json()["accepted"] == 50
-        got = await wait_for(
-            lambda: count(store, "SELECT count() FROM {db}.events FINAL"), 2 * n, timeout=30
+        await wait_for(
+            lambda: count(store, "SELECT count() FROM {db}.events FINAL"),
+            2 * n,
+            what="every event in ClickHouse",
         )
-        assert got == 2 * n
     # Exactly once physically too: no retried batch was written twice.
     assert await count(store, "SELECT count() FROM {db}.events") == 2 * n
     rows = await store.query(
@@ -141,7 +141,7 @@ async def test_invalid_inputs_get_documented_answers_and_invalid_records(
         body = r.json()
         assert body["accepted"] == 0
         assert [e["reason"] for e in body["errors"]] == ["missing_identity", "invalid_event"]
-        await asyncio.sleep(0.5)
+    # Ingest has stopped, and stopping flushed its producer: every record it sent is on the topics.
     bootstrap = topics.kafka.bootstrap
     invalid = await read_topic(bootstrap, topics.kafka.topic_invalid)
     reasons = sorted(r["reason"] for r in invalid)

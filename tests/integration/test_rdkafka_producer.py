@@ -3,8 +3,6 @@ Java client would put them, and records the broker never takes come back to be s
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
@@ -13,6 +11,7 @@ from leadback.broker import EmbeddedBroker
 from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
 from leadback.kafka.topics import ensure_topics
 from leadback.settings import KafkaSettings
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +30,13 @@ def producer(bootstrap: str, *, stall_s: float = 3.0) -> RdKafkaProducer:
 
 
 async def drain(p: RdKafkaProducer, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
+    """Serve the producer's reports until no record is pending."""
+
+    def pending() -> int:
         p.poll()
-        if not p.pending():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{p.pending()} records still pending")
+        return p.pending()
+
+    await wait_for(pending, 0, what="no record pending", timeout=timeout, interval=0.01)
 
 
 async def test_keys_are_partitioned_like_the_java_client(broker: EmbeddedBroker) -> None:

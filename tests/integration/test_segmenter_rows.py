@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -154,20 +153,34 @@ async def test_a_second_member_takes_partitions_and_no_row_lands_twice(
             await wait_for(lambda: _inserted(a), 2000, timeout=60)
             assert a.assignment == {0, 1, 2}
             async with run_segmenter(settings, store_b) as b:
-                # Records keep coming while the group rebalances.
-                for k in range(20):
-                    await _produce(settings, batch(2000 + 100 * k, 100))
-                    await asyncio.sleep(0.5)
+                sent = 2000
+
+                async def produce_more() -> set[int]:
+                    nonlocal sent
+                    await _produce(settings, batch(sent, 100))
+                    sent += 100
                     if len(a.assignment) < 3:
-                        revoked.append(a.assignment)
+                        revoked.append(set(a.assignment))
+                    return b.assignment
+
+                # Records keep coming while the group rebalances, until the second member
+                # owns partitions, and once more after.
+                await wait_for(
+                    produce_more,
+                    until=bool,
+                    what="partitions for the second member",
+                    timeout=60,
+                    interval=0.5,
+                )
+                await produce_more()
                 total = lambda: count(store_a, "SELECT count() FROM {db}.events")  # noqa: E731
-                await wait_for(total, 4000, timeout=60)
+                await wait_for(total, sent, what=f"{sent} rows", timeout=60)
                 await wait_for(lambda: _sizes(a, b), (True, True), timeout=30)
                 assert a.assignment.isdisjoint(b.assignment)
                 assert a.assignment | b.assignment == {0, 1, 2}
         assert revoked, "the first member never gave up a partition"
-        assert await count(store_a, "SELECT count() FROM {db}.events") == 4000
-        assert await count(store_a, "SELECT uniqExact(event_id) FROM {db}.events") == 4000
+        assert await count(store_a, "SELECT count() FROM {db}.events") == sent
+        assert await count(store_a, "SELECT uniqExact(event_id) FROM {db}.events") == sent
     finally:
         await store_a.command(f"DROP DATABASE IF EXISTS {store_a.database}")
         await store_a.close()

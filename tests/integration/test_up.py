@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import orjson
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
-def test_up_serves_a_pixel_into_clickhouse_and_stops_cleanly(tmp_path: Path) -> None:
+async def test_up_serves_a_pixel_into_clickhouse_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
     env = dict(os.environ)
@@ -43,24 +43,25 @@ def test_up_serves_a_pixel_into_clickhouse_and_stops_cleanly(tmp_path: Path) -> 
         LEADBACK_SEGMENTER_METRICS_PORT="0",
         LEADBACK_ADMIN_PORT=str(free_port()),
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "leadback", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    out_path = tmp_path / "up.log"
+    with out_path.open("wb") as out:  # a file, read while it runs: a pipe would need a reader
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leadback", "up"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert time.monotonic() < deadline, "stack never became ready"
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
+
+        def output() -> str:
+            assert proc.poll() is None, out_path.read_text()[-3000:]
+            return out_path.read_text()
+
+        # The banner comes once the supervisor saw the stack ready and watches for Ctrl-C.
+        await wait_for(
+            output,
+            until=lambda text: "Leadback is up" in text,
+            what="the 'Leadback is up' banner",
+            timeout=90,
+        )
         descendants = _children_of(proc.pid)
         assert len(descendants) >= 3  # broker, segmenter, ingest
         run_file = orjson.loads((data / "run" / "broker.json").read_bytes())
@@ -70,13 +71,17 @@ def test_up_serves_a_pixel_into_clickhouse_and_stops_cleanly(tmp_path: Path) -> 
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
             assert r.read()[:6] == b"GIF89a"
-        time.sleep(1.5)
+        # Ctrl-C right away: ingest flushes the pixel to the broker as it stops, and the
+        # segmenter drains the topic into ClickHouse before the broker goes.
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        out, _ = proc.communicate(timeout=120)
-    text = out.decode()
-    assert proc.returncode == 0, text[-3000:]
-    assert "Leadback is up" in text
+        try:
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, out_path.read_text()[-3000:]
     for pid in descendants:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

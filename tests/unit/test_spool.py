@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -340,4 +339,3 @@ def test_any_append_read_ack_interleaving_yields_the_appended_sequence(
             assert spool.read(5)[1] == []
         finally:
             spool.close()
-    assert not os.path.exists(tmp)
