@@ -59,7 +59,7 @@ class KafkaSettings(BaseModel):
     idempotent: bool | None = Field(
         None,
         description="idempotent producer; default on for a real cluster, off for embedded "
-        "(the embedded broker rejects InitProducerId)",
+        "(the embedded tansu broker rejects aiokafka's InitProducerId)",
     )
     linger_ms: int = Field(5, ge=0, le=1000)
     max_batch_bytes: int = Field(1_048_576, ge=16_384, le=16_777_216)

@@ -98,7 +98,7 @@ def run_up(settings: Settings, *, announce: Callable[[str], None]) -> int:
         env = dict(os.environ)
         env.update(
             LEADBACK_KAFKA_BOOTSTRAP=bootstrap,
-            LEADBACK_KAFKA_IDEMPOTENT="false",  # the embedded broker rejects InitProducerId
+            LEADBACK_KAFKA_IDEMPOTENT="false",  # tansu rejects aiokafka's InitProducerId
             LEADBACK_SEGMENTER_DRAIN_ON_SHUTDOWN="true",
             LEADBACK_DATA_DIR=str(settings.data_dir.resolve()),
         )

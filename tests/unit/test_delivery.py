@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from leadback.errors import BackpressureError, QueueFullError
+from leadback.errors import BackpressureError, ConfigError, QueueFullError
 from leadback.kafka.delivery import Delivery
 from leadback.kafka.rdkafka import FailureCallback
 from leadback.kafka.spool import Spool
@@ -28,6 +28,7 @@ class FakeProducer:
         self.sent: list[bytes] = []
         self.on_failure: FailureCallback | None = None
         self.closed = False
+        self.refused: str | None = None  # as after a fatal refusal of the producer's config
 
     def start(self, on_failure: FailureCallback) -> None:
         self.on_failure = on_failure
@@ -55,6 +56,8 @@ class FakeProducer:
         return len(self.queued)
 
     async def probe(self, timeout: float) -> bool:
+        if self.refused is not None:
+            raise ConfigError(self.refused)
         return self.up
 
     def purge(self) -> None:
@@ -173,4 +176,44 @@ async def test_close_spools_what_the_broker_did_not_acknowledge(tmp_path: Path) 
     await d2.start()
     await wait_until(lambda: len(p2.sent) == 5)
     assert p2.sent == [b"%d" % i for i in range(5)]
+    await d2.close(1)
+
+
+REFUSED = "the broker does not accept idempotent producers: set LEADBACK_KAFKA_IDEMPOTENT=false"
+
+
+async def test_a_refused_configuration_at_start_stops_the_start(tmp_path: Path) -> None:
+    p = FakeProducer()
+    p.refused = REFUSED
+    d = make(tmp_path, p)
+    with pytest.raises(ConfigError, match="LEADBACK_KAFKA_IDEMPOTENT=false"):
+        await d.start()
+    assert p.closed
+    d2 = make(tmp_path, FakeProducer())  # the spool was released: the slot can be reopened
+    await d2.start()
+    await d2.close(1)
+
+
+async def test_a_refusal_after_start_spools_and_keeps_everything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = FakeProducer()
+    d = make(tmp_path, p)
+    await d.start()
+    p.up = False
+    p.refused = REFUSED
+    for i in range(20):
+        d.submit("t", None, b"%d" % i)  # accepted: the caller never sees the refusal
+    await wait_until(lambda: not d.ready and d.spool_records == 20)
+    await asyncio.sleep(0.2)  # several probes: still spooling, nothing sent
+    assert p.sent == []
+    assert d.spool_records == 20
+    logged = capsys.readouterr()
+    assert (logged.out + logged.err).count("LEADBACK_KAFKA_IDEMPOTENT=false") == 1  # once
+    await d.close(1)
+    p2 = FakeProducer()  # restarted with the setting changed
+    d2 = make(tmp_path, p2)
+    await d2.start()
+    await wait_until(lambda: len(p2.sent) == 20)
+    assert p2.sent == [b"%d" % i for i in range(20)]
     await d2.close(1)

@@ -1,1 +1,2 @@
-"""Kafka adapters: producer delivery, consumer helpers, topics, the disk spool."""
+"""Kafka adapters: client configuration (``config``, the one place settings become options for
+librdkafka or aiokafka), producers, the group consumer, delivery with its disk spool, topics."""

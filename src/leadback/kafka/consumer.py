@@ -1,12 +1,12 @@
 """A consumer-group member on one topic, on librdkafka (confluent-kafka): manual commits,
 records handed out per partition as columns.
 
-Why librdkafka and not aiokafka (which the producers use): fetching, decompression and record
-parsing happen in librdkafka's C threads, and a ``consume`` call returns up to thousands of
-records for about a microsecond each, where aiokafka spends several microseconds of Python
-per record; the segmenter's budget is a few microseconds per event, most of it ClickHouse's.
-librdkafka also keeps heartbeating the group from its own thread while a round is being
-written.
+Why librdkafka and not aiokafka (the choice is drawn in :mod:`leadback.kafka.config`, which
+also builds this consumer's properties): fetching, decompression and record parsing happen in
+librdkafka's C threads, and a ``consume`` call returns up to thousands of records for about a
+microsecond each, where aiokafka spends several microseconds of Python per record; the
+segmenter's budget is a few microseconds per event, most of it ClickHouse's. librdkafka also
+keeps heartbeating the group from its own thread while a round is being written.
 
 The blocking calls (``consume``, ``commit``, ``close``) run on one dedicated thread, so the
 event loop stays free; calls on the consumer never overlap. Rebalance callbacks fire on that
@@ -29,7 +29,8 @@ from typing import Any, TypeVar, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as _Message
 
-from leadback.errors import BrokerUnavailableError, ConfigError, RetryableError
+from leadback.errors import BrokerUnavailableError, RetryableError
+from leadback.kafka.config import rdkafka_consumer_config
 from leadback.logs import get_logger
 
 log = get_logger(__name__)
@@ -47,17 +48,6 @@ _REBALANCED = frozenset(
         KafkaError._STATE,
     }
 )
-# Options shared with the aiokafka clients (leadback.kafka.config) -> librdkafka names.
-_OPTION_NAMES = {
-    "bootstrap_servers": "bootstrap.servers",
-    "client_id": "client.id",
-    "request_timeout_ms": "socket.timeout.ms",
-    "security_protocol": "security.protocol",
-    "sasl_mechanism": "sasl.mechanism",
-    "sasl_plain_username": "sasl.username",
-    "sasl_plain_password": "sasl.password",
-}
-
 
 # Method descriptors for map(): set on every record consume() returns without an error.
 _offset = cast("Callable[[_Message], int]", _Message.offset)
@@ -134,22 +124,12 @@ class Records:
         ]
 
 
-def librdkafka_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``leadback.kafka.config.common_options`` (aiokafka names) -> librdkafka properties."""
-    out: dict[str, Any] = {}
-    for name, value in options.items():
-        if value is None:
-            continue
-        if name not in _OPTION_NAMES:
-            raise ConfigError(f"consumer option {name!r} has no librdkafka equivalent")
-        if name == "security_protocol":
-            value = str(value).lower()
-        out[_OPTION_NAMES[name]] = value
-    return out
-
-
 class GroupConsumer:
-    """Member of ``group_id`` consuming ``topic`` with manual commits."""
+    """Member of ``group_id`` consuming ``topic`` with manual commits.
+
+    ``options``: the connection options, :func:`leadback.kafka.config.common_options`; the
+    librdkafka properties come from :func:`leadback.kafka.config.rdkafka_consumer_config`.
+    """
 
     def __init__(
         self,
@@ -164,22 +144,12 @@ class GroupConsumer:
     ) -> None:
         self.topic = topic
         self._config: dict[str, Any] = {
-            **librdkafka_options(options),
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "max.partition.fetch.bytes": max_partition_fetch_bytes,
-            "fetch.max.bytes": max(max_partition_fetch_bytes, 64 * 1024 * 1024),
-            # Short: the broker may hold an empty fetch this long, which is added to freshness.
-            "fetch.wait.max.ms": fetch_max_wait_ms,
-            # The prefetch queue is bounded by bytes (64 MiB); when it is full, fetch again
-            # soon after the loop takes records (librdkafka's default waits a whole second).
-            "fetch.queue.backoff.ms": 20,
-            # As aiokafka's default: a member that died is replaced within 10 s (the embedded
-            # broker also holds a join about half this long).
-            "session.timeout.ms": 10_000,
-            "log.connection.close": False,
+            **rdkafka_consumer_config(
+                options,
+                group_id=group_id,
+                max_partition_fetch_bytes=max_partition_fetch_bytes,
+                fetch_max_wait_ms=fetch_max_wait_ms,
+            ),
             "error_cb": self._on_error,
             # librdkafka's own log lines through stdlib logging, not raw to stderr.
             "logger": logging.getLogger("leadback.kafka.consumer"),

@@ -14,6 +14,11 @@ at-least-once replay is harmless.
 States::
 
     direct --failure / queue full--> spooling --probe ok, spool empty--> direct
+
+A broker that refuses the producer's configuration (the idempotent producer) is not an
+outage: found at start, it stops the start with the :class:`ConfigError` that names the
+setting; found later, records keep going to the spool (none is lost, requests keep being
+answered) and the error is logged until the service is restarted with the setting changed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ import contextlib
 from dataclasses import dataclass
 
 from leadback.clock import Clock, SystemClock
-from leadback.errors import BackpressureError, BrokerUnavailableError, QueueFullError
+from leadback.errors import (
+    BackpressureError,
+    BrokerUnavailableError,
+    LeadbackError,
+    QueueFullError,
+)
 from leadback.kafka.rdkafka import QueueingProducer
 from leadback.kafka.spool import Spool, SpoolRecord
 from leadback.logs import get_logger
@@ -69,6 +79,7 @@ class Delivery:
         self._broker_ok = False
         self._started = False
         self._closing = False
+        self._refused = ""  # why the producer can never deliver, once known
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = DeliveryStats()
 
@@ -126,10 +137,19 @@ class Delivery:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the producer (if the broker is away, start degraded) and the background task."""
+        """Start the producer (if the broker is away, start degraded) and the background task.
+
+        Raises :class:`ConfigError` if the broker refuses the producer's configuration."""
         self._producer.start(self._on_failed)
         self._started = True
-        if await self._producer.probe(self._stall_s):
+        try:
+            reachable = await self._producer.probe(self._stall_s)
+        except LeadbackError:
+            self._producer.close()
+            self._started = False
+            self._spool.close()
+            raise
+        if reachable:
             self._broker_ok = True
         else:
             log.warning("broker unavailable at start; spooling")
@@ -197,7 +217,16 @@ class Delivery:
         self._broker_ok = False
 
     async def _try_recover(self) -> None:
-        if self._closing or not await self._producer.probe(self._stall_s):
+        if self._closing:
+            return
+        try:
+            reachable = await self._producer.probe(self._stall_s)
+        except LeadbackError as exc:  # refused for good (ConfigError, PermanentError)
+            if str(exc) != self._refused:
+                self._refused = str(exc)
+                log.error("the producer cannot deliver: records stay spooled", error=str(exc))
+            return
+        if not reachable:
             return
         if self._producer.pending():
             return  # earlier records are still unresolved; let them settle first

@@ -1,4 +1,10 @@
-"""The producer port and its aiokafka implementation (error translation happens here)."""
+"""The aiokafka producer, for topics where records are rare (invalid records, tools, tests).
+
+Hot paths use librdkafka instead (:mod:`leadback.kafka.rdkafka`; the choice is drawn in
+:mod:`leadback.kafka.config`, which also builds the options, :func:`producer_options`).
+aiokafka errors are translated here; a broker that refuses the idempotent producer's
+InitProducerId raises a :class:`ConfigError` naming the setting to change.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,14 @@ import asyncio
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from leadback.errors import BrokerUnavailableError
+from leadback.kafka.config import idempotence_refused
 
 
 class RecordProducer(Protocol):
-    """What the delivery queue needs from a Kafka producer."""
+    """A producer that sends one record and reports its acknowledgement."""
 
     async def start(self) -> None: ...
 
@@ -24,17 +31,12 @@ class RecordProducer(Protocol):
         """
         ...
 
-    async def flush(self) -> None: ...
-
-    async def probe(self, timeout: float) -> bool:
-        """Whether the cluster answers a metadata request within ``timeout`` seconds."""
-        ...
-
     async def stop(self) -> None: ...
 
 
 class KafkaRecordProducer:
-    """:class:`RecordProducer` on aiokafka."""
+    """:class:`RecordProducer` on aiokafka; ``options`` from
+    :func:`leadback.kafka.config.producer_options`."""
 
     def __init__(self, **options: Any) -> None:
         self._options = options
@@ -48,10 +50,22 @@ class KafkaRecordProducer:
         return self._client
 
     async def start(self) -> None:
+        """Connect; with idempotence on, also get a producer id (InitProducerId).
+
+        Raises :class:`BrokerUnavailableError` if the cluster cannot be reached, and
+        :class:`ConfigError` if the broker refuses the idempotent producer.
+        """
         try:
             await self._producer.start()
         except KafkaError as exc:
             await self._producer.stop()
+            # Reaching the cluster fails with a connection error; any other error at start is
+            # the broker's answer to InitProducerId (sent only when idempotence is on).
+            if self._options.get("enable_idempotence") and not isinstance(
+                exc, KafkaConnectionError
+            ):
+                bootstrap = str(self._options.get("bootstrap_servers"))
+                raise idempotence_refused(bootstrap, str(exc)) from exc
             raise BrokerUnavailableError(f"cannot start the Kafka producer: {exc}") from exc
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
@@ -62,20 +76,6 @@ class KafkaRecordProducer:
         outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         inner.add_done_callback(lambda f: _translate(f, outer))
         return outer
-
-    async def flush(self) -> None:
-        try:
-            await self._producer.flush()
-        except KafkaError as exc:
-            raise BrokerUnavailableError(f"flush failed: {exc}") from exc
-
-    async def probe(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                ok: bool = await self._producer.client.fetch_all_metadata() is not None
-                return ok
-        except (TimeoutError, KafkaError, OSError):
-            return False
 
     async def stop(self) -> None:
         if self._client is None:

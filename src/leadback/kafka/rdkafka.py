@@ -1,18 +1,17 @@
 """The ingest producer on librdkafka (confluent-kafka): records are queued and batched in C.
 
-Why not aiokafka here: on this machine, against the same broker, handing one record to
-aiokafka costs about 15 µs of Python (a coroutine, a future, a Python partitioner and batch
-builder), and handing it to librdkafka about 1.4 µs including its own threads. A pixel's whole
-budget is about 30 µs of CPU, so ingest uses librdkafka, and so does the segmenter's change
-publisher; the rare-path producers (the segmenter's invalid records) keep aiokafka's
-:class:`leadback.kafka.producer.KafkaRecordProducer`.
-
-Keys are partitioned with ``murmur2_random``, the Java client's (and aiokafka's) hash, so a
-visitor's events land in the same partition whichever Leadback producer wrote them.
+Used by ingest (behind :mod:`leadback.kafka.delivery`) and the change publisher, where the
+cost per record matters (about 1.4 µs, against 15 µs with aiokafka: see
+:mod:`leadback.kafka.config`, which also builds this producer's properties,
+:func:`~leadback.kafka.config.rdkafka_config`).
 
 Successful deliveries are not reported back to Python (``delivery.report.only.error``): a
 record that fails (broker away for ``message.timeout.ms``, purged at shutdown) comes back once
 through the failure callback, with its topic, key and value, to be spooled.
+
+A broker that refuses the idempotent producer makes librdkafka raise a *fatal* error: the
+client will never deliver again. It is kept as a :class:`ConfigError` that names the setting
+to change: :meth:`RdKafkaProducer.probe` raises it, and every record fails (to be spooled).
 """
 
 from __future__ import annotations
@@ -24,8 +23,18 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from leadback.errors import BrokerUnavailableError, QueueFullError
-from leadback.settings import KafkaSettings
+from leadback.errors import (
+    BrokerUnavailableError,
+    ConfigError,
+    LeadbackError,
+    PermanentError,
+    QueueFullError,
+)
+from leadback.kafka.config import idempotence_refused, rdkafka_config
+
+# ``rdkafka_config`` is re-exported for the call sites that still import it from here
+# (segmenter/service.py, ingest/server.py); new code imports it from leadback.kafka.config.
+__all__ = ["FailureCallback", "QueueingProducer", "RdKafkaProducer", "rdkafka_config"]
 
 #: ``(topic, key, value, reason)`` of a record the broker did not take.
 FailureCallback = Callable[[str, bytes | None, bytes, str], None]
@@ -58,7 +67,10 @@ class QueueingProducer(Protocol):
         ...
 
     async def probe(self, timeout: float) -> bool:
-        """Whether the cluster answers a metadata request within ``timeout`` seconds."""
+        """Whether the cluster answers a metadata request within ``timeout`` seconds.
+
+        Raises :class:`ConfigError` when the broker refused the producer's configuration (it
+        will never deliver with these settings)."""
         ...
 
     def purge(self) -> None:
@@ -66,42 +78,6 @@ class QueueingProducer(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def rdkafka_config(
-    kafka: KafkaSettings,
-    bootstrap: str,
-    *,
-    embedded: bool,
-    queue_max_events: int,
-    queue_max_bytes: int,
-    stall_s: float,
-) -> dict[str, Any]:
-    """librdkafka producer properties from the settings (acks=all, batching, compression)."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "client.id": kafka.client_id,
-        "acks": "all",
-        "enable.idempotence": kafka.producer_idempotent(embedded_broker=embedded),
-        "linger.ms": kafka.linger_ms,
-        "batch.size": kafka.max_batch_bytes,
-        "compression.type": kafka.compression,
-        "partitioner": "murmur2_random",
-        "request.timeout.ms": kafka.request_timeout_ms,
-        # A record not acknowledged within the stall limit fails and is spooled to disk.
-        "message.timeout.ms": max(1000, int(stall_s * 1000)),
-        "queue.buffering.max.messages": queue_max_events,
-        "queue.buffering.max.kbytes": max(1, queue_max_bytes // 1024),
-        "delivery.report.only.error": True,
-        "security.protocol": kafka.security_protocol.lower(),
-    }
-    if kafka.sasl_mechanism:
-        config["sasl.mechanism"] = kafka.sasl_mechanism
-        config["sasl.username"] = kafka.sasl_username or ""
-        config["sasl.password"] = (
-            kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-        )
-    return config
 
 
 class RdKafkaProducer:
@@ -112,6 +88,10 @@ class RdKafkaProducer:
         self._client: Producer | None = None
         self._on_failure: FailureCallback | None = None
         self._log = logging.getLogger("leadback.kafka.rdkafka")
+        self._idempotent = bool(config.get("enable.idempotence"))
+        # A fatal client error, translated once: (error class, message, librdkafka's error).
+        self._fatal: tuple[type[LeadbackError], str, KafkaException] | None = None
+        self._pid_hint_logged = False
 
     @property
     def _producer(self) -> Producer:
@@ -127,7 +107,7 @@ class RdKafkaProducer:
                     **self._config,
                     "on_delivery": self._report,
                     "error_cb": self._error,
-                    "logger": self._log,
+                    "logger": _ClientLog(self._log, self._on_pid_failure),
                 }
             )
         except KafkaException as exc:
@@ -151,21 +131,38 @@ class RdKafkaProducer:
         except BufferError as exc:
             raise QueueFullError("the producer's queue is full") from exc
         except KafkaException as exc:
-            raise BrokerUnavailableError(f"produce to {topic} failed: {exc}") from exc
+            reason = self._fatal[1] if self._fatal is not None else str(exc)
+            raise BrokerUnavailableError(f"produce to {topic} failed: {reason}") from exc
 
     def poll(self) -> None:
-        if self._client is not None:
+        if self._client is None:
+            return
+        try:
             self._client.poll(0)
+        except KafkaException as exc:
+            # confluent-kafka raises a fatal error from poll(): the client will never deliver
+            # again (queued records come back failed at the next poll, to be spooled).
+            self._on_fatal(exc)
 
     def pending(self) -> int:
         return len(self._client) if self._client is not None else 0
 
     async def probe(self, timeout: float) -> bool:
+        """Whether the cluster answers a metadata request within ``timeout`` seconds.
+
+        Raises :class:`ConfigError` when the broker refused this producer's configuration
+        (the idempotent producer), and :class:`PermanentError` after any other fatal error:
+        the client will never deliver.
+        """
         client = self._producer
+        self.poll()
+        self._raise_fatal()
         try:
             await asyncio.to_thread(client.list_topics, timeout=timeout)
         except KafkaException:
             return False
+        self.poll()  # a refusal found while connecting is served here
+        self._raise_fatal()
         return True
 
     def purge(self) -> None:
@@ -184,6 +181,49 @@ class RdKafkaProducer:
     def _error(self, err: KafkaError) -> None:
         # Connection-level errors; records are retried until message.timeout.ms anyway.
         self._log.warning("kafka client error: %s", err.str())
+
+    def _on_fatal(self, exc: KafkaException) -> None:
+        if self._fatal is not None:
+            return
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        text = error.str() if error is not None else str(exc)
+        if self._idempotent:
+            # Without transactions, librdkafka's fatal errors all come from the idempotent
+            # producer: an InitProducerId the broker does not support or does not allow.
+            refused = idempotence_refused(str(self._config.get("bootstrap.servers")), text)
+            self._fatal = (ConfigError, str(refused), exc)
+        else:
+            self._fatal = (PermanentError, f"the Kafka producer failed for good: {text}", exc)
+        self._log.error("%s", self._fatal[1])
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            kind, message, cause = self._fatal
+            raise kind(message) from cause
+
+    def _on_pid_failure(self, line: str) -> None:
+        # librdkafka retries a refused InitProducerId forever and only logs it; say once
+        # which setting ends that if the broker does not support idempotent producers.
+        if self._idempotent and not self._pid_hint_logged:
+            self._pid_hint_logged = True
+            self._log.warning(
+                "%s",
+                idempotence_refused(str(self._config.get("bootstrap.servers")), line),
+            )
+
+
+class _ClientLog:
+    """librdkafka's log lines (``log(level, "%s [%s] %s", facility, client, text)``) to
+    stdlib logging; a failed producer id request (``GETPID``) is also reported."""
+
+    def __init__(self, log: logging.Logger, on_pid_failure: Callable[[str], None]) -> None:
+        self._log = log
+        self._on_pid_failure = on_pid_failure
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        self._log.log(level, fmt, *args)
+        if level >= logging.WARNING and len(args) == 3 and args[0] == "GETPID":
+            self._on_pid_failure(str(args[2]))
 
 
 def _reporter(on_failure: FailureCallback) -> Callable[[KafkaError | None, Message], None]:
