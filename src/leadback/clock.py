@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -52,8 +51,3 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._mono += seconds
-
-
-def utc_datetime(ts: float) -> datetime:
-    """Unix seconds -> timezone-aware UTC datetime."""
-    return datetime.fromtimestamp(ts, tz=UTC)

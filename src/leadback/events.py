@@ -31,7 +31,6 @@ EventType = Literal[
 ]
 EVENT_TYPES: Final[frozenset[str]] = frozenset(EventType.__args__)  # type: ignore[attr-defined]
 
-Source = Literal["pixel", "json", "segment", "snowplow", "tag"]
 
 # Field limits (characters); documented in docs/events.md.
 MAX_ID: Final = 128

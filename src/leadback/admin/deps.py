@@ -87,10 +87,6 @@ def get_engine(ctx: Ctx) -> AudienceOps:
     return ctx.engine
 
 
-def get_store(ctx: Ctx) -> ClickHouseStore:
-    return ctx.store
-
-
 def get_members(ctx: Ctx) -> MemberQueries:
     return ctx.members
 
@@ -100,7 +96,6 @@ def get_repository(ctx: Ctx) -> AudienceRepository:
 
 
 Engine = Annotated[AudienceOps, Depends(get_engine)]
-Store = Annotated[ClickHouseStore, Depends(get_store)]
 Members = Annotated[MemberQueries, Depends(get_members)]
 Repository = Annotated[AudienceRepository, Depends(get_repository)]
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import orjson
 
 SCHEMA_VERSION = 1
-ChangeKind = Literal["enter", "exit", "update"]
 
 
 class ChangeRecord(TypedDict):

@@ -38,7 +38,6 @@ class EvaluationQuery:
 
     members: str
     previous: str
-    audience_ids: tuple[str, ...]
     rules: tuple[CompiledRule, ...]
     thresholds: frozenset[int]
 
@@ -110,7 +109,7 @@ WHERE member = 1 OR (audience_id = '' AND due < {NEVER})"""
     previous_sql = f"""SELECT audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
-    return EvaluationQuery(members_sql, previous_sql, tuple(all_ids), tuple(rules), thresholds)
+    return EvaluationQuery(members_sql, previous_sql, tuple(rules), thresholds)
 
 
 def _due_sql(thresholds: frozenset[int]) -> str:

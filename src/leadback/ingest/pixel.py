@@ -114,7 +114,6 @@ class PixelHandler:
             default_phone_region=settings.identity.default_phone_region,
         )
         self._bots = bots
-        self._cookie_name = ing.cookie_name.encode()
         self._cookie_prefix = ing.cookie_name.encode() + b"="
         attrs = f"; Max-Age={ing.cookie_max_age_days * 86400}; Path=/"
         if ing.cookie_domain:

@@ -12,9 +12,9 @@ import uvicorn
 
 from leadback.ingest.app import IngestApp, create_app
 from leadback.ingest.fast_path import detect_fast_path, log_fast_path
-from leadback.kafka.config import resolve_bootstrap
+from leadback.kafka.config import rdkafka_config, resolve_bootstrap
 from leadback.kafka.delivery import Delivery
-from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
+from leadback.kafka.rdkafka import RdKafkaProducer
 from leadback.kafka.spool import Spool
 from leadback.logs import configure_logging
 from leadback.settings import Settings, load_settings

@@ -30,11 +30,7 @@ from leadback.errors import (
     PermanentError,
     QueueFullError,
 )
-from leadback.kafka.config import idempotence_refused, rdkafka_config
-
-# ``rdkafka_config`` is re-exported for the call sites that still import it from here
-# (segmenter/service.py, ingest/server.py); new code imports it from leadback.kafka.config.
-__all__ = ["FailureCallback", "QueueingProducer", "RdKafkaProducer", "rdkafka_config"]
+from leadback.kafka.config import idempotence_refused
 
 #: ``(topic, key, value, reason)`` of a record the broker did not take.
 FailureCallback = Callable[[str, bytes | None, bytes, str], None]

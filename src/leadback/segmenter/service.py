@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterable
 
 import uvicorn
 from prometheus_client import CollectorRegistry, start_http_server
@@ -13,13 +12,19 @@ from leadback.asgi_server import EmbeddedServer
 from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.publisher import QueuedChangePublisher
 from leadback.errors import BrokerUnavailableError
-from leadback.kafka.config import common_options, producer_options, resolve_bootstrap
+from leadback.kafka.config import (
+    common_options,
+    producer_options,
+    rdkafka_config,
+    resolve_bootstrap,
+)
 from leadback.kafka.consumer import GroupConsumer
 from leadback.kafka.producer import KafkaRecordProducer
-from leadback.kafka.rdkafka import RdKafkaProducer, rdkafka_config
+from leadback.kafka.rdkafka import RdKafkaProducer
 from leadback.logs import get_logger
-from leadback.metrics import CallbackCollector, Sample
+from leadback.metrics import CallbackCollector
 from leadback.segmenter.member import Segmenter
+from leadback.segmenter.metrics import samples
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
@@ -28,69 +33,6 @@ from leadback.stream.consumer import Consumer, PartitionsCallback
 log = get_logger(__name__)
 
 CHANGES_TIMEOUT_S = 30.0  # a batch of changes not acknowledged by then waits for the sweep
-
-
-def _samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
-    st = seg.stats
-    if engine is not None:
-        au = engine.stats
-        yield Sample(
-            "leadback_audience_evaluations", "evaluation statements run", "counter", au.evaluations
-        )
-        yield Sample(
-            "leadback_audience_changes", "membership changes logged", "counter", au.changes
-        )
-        yield Sample(
-            "leadback_audience_changes_published",
-            "changes acknowledged by the broker",
-            "counter",
-            au.changes_published,
-        )
-        yield Sample(
-            "leadback_audience_publish_failures",
-            "change batches left in the outbox for the sweep",
-            "counter",
-            au.publish_failures,
-        )
-        yield Sample(
-            "leadback_audience_last_evaluation_seconds",
-            "duration of the last evaluation",
-            "gauge",
-            au.last_evaluation_seconds,
-        )
-    yield Sample(
-        "leadback_segmenter_events_inserted",
-        "events written to ClickHouse",
-        "counter",
-        st.events_inserted,
-    )
-    yield Sample(
-        "leadback_segmenter_batches_inserted", "batches written", "counter", st.batches_inserted
-    )
-    yield Sample(
-        "leadback_segmenter_batches_replayed",
-        "batches re-formed from an intent",
-        "counter",
-        st.batches_replayed,
-    )
-    yield Sample(
-        "leadback_segmenter_insert_retries",
-        "failed store calls retried",
-        "counter",
-        st.insert_retries,
-    )
-    yield Sample(
-        "leadback_segmenter_events_quarantined",
-        "rows sent to the invalid topic",
-        "counter",
-        st.events_quarantined,
-    )
-    yield Sample(
-        "leadback_segmenter_last_insert_seconds",
-        "duration of the last insert round (intents and events)",
-        "gauge",
-        st.last_insert_seconds,
-    )
 
 
 def change_producer(settings: Settings, bootstrap: str, *, embedded: bool) -> RdKafkaProducer:
@@ -174,7 +116,7 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
     seg = build_segmenter(settings, store, bootstrap, producer, engine)
     if settings.segmenter.metrics_port:
         registry = CollectorRegistry()
-        registry.register(CallbackCollector(lambda: _samples(seg, engine)))
+        registry.register(CallbackCollector(lambda: samples(seg, engine)))
         start_http_server(
             settings.segmenter.metrics_port, settings.segmenter.metrics_host, registry=registry
         )
