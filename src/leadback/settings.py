@@ -81,6 +81,14 @@ class KafkaSettings(BaseModel):
         "broker (one segmenter, and each partition costs an insert per round)",
     )
     embedded_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 = any free")
+    session_timeout_ms: int | None = Field(
+        None,
+        ge=1000,
+        le=300_000,
+        description="consumer-group session timeout: how long a member that died (SIGKILL, a "
+        "lost host) keeps its partitions before the group hands them on. Default 6000 (the "
+        "least Apache Kafka accepts by default), 3000 on the embedded broker",
+    )
 
     @property
     def is_embedded(self) -> bool:
@@ -92,6 +100,11 @@ class KafkaSettings(BaseModel):
         if self.partitions is not None:
             return self.partitions
         return 2 if self.is_embedded else 6
+
+    def consumer_session_timeout_ms(self, *, embedded_broker: bool) -> int:
+        if self.session_timeout_ms is not None:
+            return self.session_timeout_ms
+        return 3000 if embedded_broker else 6000
 
     def producer_idempotent(self, *, embedded_broker: bool) -> bool:
         if self.idempotent is not None:

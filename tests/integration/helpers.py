@@ -124,7 +124,7 @@ async def run_segmenter(settings: Settings, store: ClickHouseStore) -> AsyncIter
     engine = build_engine(settings, store, changes) if settings.audiences.enabled else None
     if engine is not None:
         await engine.start()
-    seg = build_segmenter(settings, store, bootstrap, invalid, engine)
+    seg = build_segmenter(settings, store, bootstrap, invalid, engine, embedded=True)
     stop = asyncio.Event()
     task = asyncio.create_task(seg.run(stop))
     timer = None

@@ -53,6 +53,7 @@ def rdkafka_consumer(settings: Settings) -> dict[str, Any]:
         group_id="seg",
         max_partition_fetch_bytes=1 << 20,
         fetch_max_wait_ms=100,
+        session_timeout_ms=settings.kafka.consumer_session_timeout_ms(embedded_broker=False),
     )
 
 
@@ -110,3 +111,19 @@ async def test_aiokafka_accepts_every_option_it_is_given() -> None:
     consumer = AIOKafkaConsumer(enable_auto_commit=False, **common_options(kafka, BOOTSTRAP))
     await producer.stop()  # never started: nothing to connect
     await consumer.stop()
+
+
+def test_session_timeout_is_short_on_the_embedded_broker_and_settable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How long a dead member keeps its partitions: the least Apache Kafka accepts by default
+    (6 s), 3 s on the embedded broker (which allows it), or what is set."""
+    default = load_settings()
+    assert default.kafka.consumer_session_timeout_ms(embedded_broker=False) == 6000
+    assert default.kafka.consumer_session_timeout_ms(embedded_broker=True) == 3000
+    monkeypatch.setenv("LEADBACK_KAFKA_SESSION_TIMEOUT_MS", "45000")
+    custom = load_settings()
+    assert custom.kafka.consumer_session_timeout_ms(embedded_broker=True) == 45000
+    config = rdkafka_consumer(custom)
+    assert config["session.timeout.ms"] == 45000
+    assert config["heartbeat.interval.ms"] == 15000

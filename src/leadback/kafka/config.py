@@ -172,6 +172,7 @@ def rdkafka_consumer_config(
     group_id: str,
     max_partition_fetch_bytes: int,
     fetch_max_wait_ms: int,
+    session_timeout_ms: int,
 ) -> dict[str, Any]:
     """librdkafka consumer properties for a group member that commits by hand.
 
@@ -191,9 +192,10 @@ def rdkafka_consumer_config(
         # The prefetch queue is bounded by bytes (64 MiB); when it is full, fetch again soon
         # after the loop takes records (librdkafka's default waits a whole second).
         "fetch.queue.backoff.ms": 20,
-        # As aiokafka's default: a member that died is replaced within 10 s (the embedded
-        # broker also holds a join about half this long).
-        "session.timeout.ms": 10_000,
+        # A member that died keeps its partitions this long; heartbeats (from librdkafka's own
+        # thread, so a long round does not miss them) three times per timeout.
+        "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(100, session_timeout_ms // 3),
         "log.connection.close": False,
     }
     if options.get("request_timeout_ms") is not None:

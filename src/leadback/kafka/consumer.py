@@ -140,6 +140,7 @@ class GroupConsumer:
         on_revoked: PartitionsCallback,
         max_partition_fetch_bytes: int = 16 * 1024 * 1024,
         fetch_max_wait_ms: int = 100,
+        session_timeout_ms: int = 6000,
         **options: Any,
     ) -> None:
         self.topic = topic
@@ -149,6 +150,7 @@ class GroupConsumer:
                 group_id=group_id,
                 max_partition_fetch_bytes=max_partition_fetch_bytes,
                 fetch_max_wait_ms=fetch_max_wait_ms,
+                session_timeout_ms=session_timeout_ms,
             ),
             "error_cb": self._on_error,
             # librdkafka's own log lines through stdlib logging, not raw to stderr.

@@ -69,8 +69,11 @@ def build_segmenter(
     bootstrap: str,
     invalid: KafkaRecordProducer,
     engine: AudienceEngine | None = None,
+    *,
+    embedded: bool = False,
 ) -> Segmenter:
-    """A segmenter on the configured topic whose rejected rows go to the invalid topic."""
+    """A segmenter on the configured topic whose rejected rows go to the invalid topic
+    (``embedded``: ``bootstrap`` is the embedded broker)."""
 
     async def send_invalid(key: bytes | None, value: bytes) -> None:
         try:
@@ -85,6 +88,7 @@ def build_segmenter(
             group_id=settings.segmenter.group_id,
             on_assigned=on_assigned,
             on_revoked=on_revoked,
+            session_timeout_ms=settings.kafka.consumer_session_timeout_ms(embedded_broker=embedded),
             **common_options(settings.kafka, bootstrap),
         )
 
@@ -113,7 +117,7 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
     engine = build_engine(settings, store, changes) if settings.audiences.enabled else None
     if engine is not None:
         await engine.start()
-    seg = build_segmenter(settings, store, bootstrap, producer, engine)
+    seg = build_segmenter(settings, store, bootstrap, producer, engine, embedded=embedded)
     if settings.segmenter.metrics_port:
         registry = CollectorRegistry()
         registry.register(CallbackCollector(lambda: samples(seg, engine)))
