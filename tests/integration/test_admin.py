@@ -337,7 +337,7 @@ async def test_offline_apply_validates_and_orders_as_the_api_does(
 ) -> None:
     # In process, the CLI would point structlog at the runner's captured (then closed) stderr
     # for the rest of the session.
-    monkeypatch.setattr("leadback.cli.configure_logging", lambda *_, **__: None)
+    monkeypatch.setattr("leadback.cli.common.configure_logging", lambda *_, **__: None)
     offline_db = f"{admin.store.database}_offline"
     offline_store = ClickHouseStore(
         admin.settings.clickhouse.model_copy(update={"database": offline_db})
