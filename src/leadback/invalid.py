@@ -27,12 +27,12 @@ The Kafka key is the site id, else the truncated IP, else none (:func:`kafka_rec
 from __future__ import annotations
 
 from typing import Any, Final, Literal, TypedDict
-from urllib.parse import unquote_to_bytes
 
 import orjson
 
 from leadback.enrich.ip import truncate_ip
 from leadback.events import MAX_USER_AGENT, format_ts
+from leadback.protocols.query_string import decode_name
 
 INVALID_SCHEMA_VERSION: Final = 1
 MAX_REQUEST_CHARS: Final = 8192  # of a refused query or body
@@ -152,7 +152,7 @@ def redacted_query(query: bytes) -> str:
 
 def _is_trait_name(name: str) -> bool:
     if "%" in name or "+" in name:
-        name = unquote_to_bytes(name.replace("+", " ")).decode("utf-8", "replace")
+        name = decode_name(name, errors="replace")
     return name[:3].lower() == "tr."
 
 

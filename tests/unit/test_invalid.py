@@ -20,7 +20,7 @@ from leadback.invalid import (
     redacted_query,
     rejected_event_record,
 )
-from leadback.protocols.pixel import _parse_query
+from leadback.protocols.query_string import parse_query
 
 NOW = 1732345201.5  # 2024-11-23T07:00:01.500Z
 UA = "Mozilla/5.0 (X11; Linux x86_64)"
@@ -198,11 +198,11 @@ def test_no_query_trait_survives_redaction_as_the_pixel_reads_it(
 ) -> None:
     query = "&".join(f"{encode(name)}={quote(value, safe='')}" for name, value, encode in params)
     redacted = redacted_query(query.encode())
-    read = _parse_query(redacted.encode("latin-1"))
+    read = parse_query(redacted.encode("latin-1"))
     traits = {name: value for name, value in read.items() if name.startswith("tr.")}
     assert set(traits.values()) <= {REDACTED}
     # everything but traits reads as before
-    original = _parse_query(query.encode())
+    original = parse_query(query.encode())
     assert {k: v for k, v in read.items() if k not in traits} == {
         k: v for k, v in original.items() if not k.startswith("tr.")
     }

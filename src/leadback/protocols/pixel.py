@@ -74,7 +74,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
-from urllib.parse import unquote_plus, unquote_to_bytes
+from urllib.parse import unquote_plus
 
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
@@ -83,6 +83,7 @@ from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
 from leadback.identity.contacts import ContactCipher, protect_traits
 from leadback.ids import is_visitor_id, new_visitor_id, uuid7
+from leadback.protocols.query_string import parse_query
 
 #: Every ``reason`` :func:`parse_pixel` can raise.
 PIXEL_REASONS: Final = frozenset(
@@ -148,70 +149,6 @@ class PixelResult:
 
 
 # "%XX" -> the byte, for every hex pair in either case; the character when it is ASCII.
-_HEX_DIGITS: Final = "0123456789abcdefABCDEF"
-_HEX_BYTE: Final = {a + b: bytes([int(a + b, 16)]) for a in _HEX_DIGITS for b in _HEX_DIGITS}
-_HEX_ASCII: Final = {k: v.decode() for k, v in _HEX_BYTE.items() if v[0] < 0x80}
-
-
-# What encodeURIComponent escapes in a typical page URL. None decodes to '%' or a hex digit,
-# so replacing them one after the other cannot create an escape that was not there.
-_COMMON_ESCAPES: Final = (
-    ("%2F", "/"),
-    ("%3A", ":"),
-    ("%3F", "?"),
-    ("%3D", "="),
-    ("%26", "&"),
-    ("%20", " "),
-    ("%2C", ","),
-    ("%23", "#"),
-    ("%40", "@"),
-    ("%2B", "+"),
-    ("%3B", ";"),
-)
-
-
-def _unquote(value: str) -> str:
-    """Percent-decode a ``str`` holding ``%``: as ``unquote_to_bytes(value).decode()``
-    (malformed escapes kept as written; ``UnicodeDecodeError`` if not UTF-8), faster."""
-    decoded = value
-    for escape, replacement in _COMMON_ESCAPES:
-        decoded = decoded.replace(escape, replacement)
-    if "%" not in decoded:
-        return decoded
-    first, *rest = value.split("%")
-    out = [first]
-    for chunk in rest:
-        char = _HEX_ASCII.get(chunk[:2])
-        if char is None:
-            # A non-ASCII byte (UTF-8 sequence) or a malformed escape: the exact, slow way.
-            return unquote_to_bytes(value).decode()
-        out.append(char)
-        out.append(chunk[2:])
-    return "".join(out)
-
-
-def _parse_query(query: bytes) -> dict[str, str]:
-    """``a=1&b=2`` -> ``{"a": "1", "b": "2"}``, the first of repeated names winning."""
-    params: dict[str, str] = {}
-    try:
-        # Decoding the whole query once and unescaping only what holds a '%' is about twice
-        # as fast as decoding part by part (most names and many values need no unescaping).
-        for part in query.decode().split("&"):
-            name, _, value = part.partition("=")
-            if "%" in name or "+" in name:
-                name = unquote_to_bytes(name.replace("+", " ")).decode()
-            if name in params:
-                continue
-            if "+" in value:
-                value = value.replace("+", " ")
-            if "%" in value:
-                value = _unquote(value)
-            params[name] = value
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError("bad_encoding", "not UTF-8 after percent-decoding") from exc
-    return params
-
-
 def _too_long(field: str, limit: int) -> InvalidInputError:
     return InvalidInputError("field_too_long", f"longer than {limit} characters", field=field)
 
@@ -400,7 +337,7 @@ def parse_pixel(
         raise InvalidInputError(
             "query_too_long", f"{len(req.query)} bytes > {policy.max_query_bytes}"
         )
-    params = _parse_query(req.query)
+    params = parse_query(req.query)
     get = params.get
 
     site = get("site")
