@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +26,12 @@ from leadback.store.migrations import migrate
 from tests.conftest import run_ingest, run_sql_in_subprocess
 from tests.integration.audience_kit import event
 from tests.integration.helpers import read_topic, run_segmenter, wait_for
-from tests.integration.test_crash_recovery import restart_until_committed, segmenter_env
+from tests.integration.test_crash_recovery import (
+    catch_up_env,
+    crash_at,
+    restart_until_committed,
+    segmenter_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +49,38 @@ AUDIENCES = """
       - then_not: {did: {event: add_to_cart}, then: {event: purchase}}
       - idle: 2s
 """
+
+
+def apply_offline(chdb: Path) -> None:
+    """The test audiences, written before the segmenter starts (the chDB directory belongs to
+    one process)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],
+        input=AUDIENCES.encode(),
+        env={**os.environ, "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}"},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.decode().count("written demo/") == 2
+
+
+async def produce_contact_views(topics: Settings, visitors: list[str]) -> None:
+    """One contact-page view per visitor on the events topic, acknowledged by the broker."""
+    producer = KafkaRecordProducer(
+        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
+    )
+    await producer.start()
+    now = time.time()
+    futures = []
+    for i, v in enumerate(visitors):
+        e = event("demo", v, "page_view", now, url=f"https://shop.example/contact/{i}")
+        futures.append(
+            await producer.send(topics.kafka.topic_events, ev.event_key("demo", v), orjson.dumps(e))
+        )
+    for f in futures:
+        await f
+    await producer.stop()
 
 
 async def changes_by_key(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
@@ -125,41 +161,12 @@ async def test_changes_survive_a_crash_before_publishing_with_the_same_versions(
     topics: Settings, tmp_path: Path
 ) -> None:
     chdb = tmp_path / "seg-chdb"
-    # Written before the segmenter starts: the chDB directory belongs to one process.
-    out = subprocess.run(
-        [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],
-        input=AUDIENCES.encode(),
-        env={**os.environ, "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}"},
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout.decode().count("written demo/") == 2
-    producer = KafkaRecordProducer(
-        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
-    )
-    await producer.start()
-    now = time.time()
+    apply_offline(chdb)
     visitors = [f"c{i}" for i in range(60)]
-    futures = []
-    for i, v in enumerate(visitors):
-        e = event("demo", v, "page_view", now, url=f"https://shop.example/contact/{i}")
-        futures.append(
-            await producer.send(topics.kafka.topic_events, ev.event_key("demo", v), orjson.dumps(e))
-        )
-    for f in futures:
-        await f
-    await producer.stop()
+    await produce_contact_views(topics, visitors)
 
     env = segmenter_env(topics, chdb, LEADBACK_SEGMENTER_BATCH_MAX_EVENTS="25")
-    crashed = subprocess.run(
-        [sys.executable, "-m", "leadback", "segmenter"],
-        env={**env, "LEADBACK_FAILPOINTS": "audiences.before_publish=kill"},
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    crash_at("audiences.before_publish", env)
     logged = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.audience_changes"))
     assert 0 < logged <= len(visitors)  # the first round is logged, none published
     assert await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes, idle_ms=500) == []
@@ -181,47 +188,11 @@ async def test_crash_before_a_multi_batch_rounds_memberships_gives_no_version_tw
     (other tokens), so only the change log can say what was decided. Every (audience, visitor,
     version) must reach the topic with one content, and every visitor enter exactly once."""
     chdb = tmp_path / "seg-chdb"
-    subprocess.run(
-        [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],
-        input=AUDIENCES.encode(),
-        env={**os.environ, "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}"},
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    producer = KafkaRecordProducer(
-        **producer_options(topics.kafka, topics.kafka.bootstrap, embedded=True)
-    )
-    await producer.start()
-    now = time.time()
+    apply_offline(chdb)
     visitors = [f"m{i}" for i in range(120)]
-    futures = []
-    for i, v in enumerate(visitors):
-        e = event("demo", v, "page_view", now, url=f"https://shop.example/contact/{i}")
-        futures.append(
-            await producer.send(topics.kafka.topic_events, ev.event_key("demo", v), orjson.dumps(e))
-        )
-    for f in futures:
-        await f
-    await producer.stop()
-
-    catch_up = {
-        "LEADBACK_SEGMENTER_FETCH_MAX_RECORDS": "20",  # every fetch is full: a backlog
-        "LEADBACK_SEGMENTER_BATCH_MAX_EVENTS": "20",
-        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_EVENTS": "100000",
-        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_S": "600",
-    }
-    cmd = [sys.executable, "-m", "leadback", "segmenter"]
-    crashed = subprocess.run(
-        cmd,
-        env=segmenter_env(
-            topics, chdb, LEADBACK_FAILPOINTS="audiences.before_memberships=kill", **catch_up
-        ),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    await produce_contact_views(topics, visitors)
+    env = segmenter_env(topics, chdb, **catch_up_env(fetch=20, batch=20))
+    crash_at("audiences.before_memberships", env)
     logged = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.audience_changes"))
     rounds = run_sql_in_subprocess(chdb, "SELECT uniqExact(token) FROM leadback.audience_changes")
     intents = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.segmenter_batches"))
@@ -230,16 +201,7 @@ async def test_crash_before_a_multi_batch_rounds_memberships_gives_no_version_tw
     assert intents >= 2
     assert run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.memberships") == "0"
 
-    survivor = subprocess.Popen(
-        cmd,
-        env=segmenter_env(topics, chdb, **catch_up),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-    )
-    got = await wait_changes(topics, len(visitors), timeout=60)
-    survivor.send_signal(signal.SIGTERM)
-    _, err = survivor.communicate(timeout=120)
-    assert survivor.returncode == 0, err.decode()[-3000:]
+    await restart_until_committed(topics, env, len(visitors), tmp_path / "survivor.log")
     got = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes)
     contents: dict[tuple[str, str, int], set[bytes]] = {}
     for c in got:

@@ -79,6 +79,29 @@ def segmenter_env(settings: Settings, chdb: Path, **extra: str) -> dict[str, str
     return env
 
 
+def catch_up_env(*, fetch: int, batch: int) -> dict[str, str]:
+    """Settings that make every fetch full (a backlog): batches are inserted one after the
+    other and evaluated and committed together, at the end."""
+    return {
+        "LEADBACK_SEGMENTER_FETCH_MAX_RECORDS": str(fetch),
+        "LEADBACK_SEGMENTER_BATCH_MAX_EVENTS": str(batch),
+        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_EVENTS": "100000",
+        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_S": "600",
+    }
+
+
+def crash_at(failpoint: str, env: dict[str, str]) -> None:
+    """Run the segmenter until it SIGKILLs itself at ``failpoint``."""
+    crashed = subprocess.run(
+        [sys.executable, "-m", "leadback", "segmenter"],
+        env={**env, "LEADBACK_FAILPOINTS": f"{failpoint}=kill"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+
+
 async def produce_events(topics: Settings, n: int, now: float) -> None:
     """``n`` canonical events on the events topic, acknowledged by the broker."""
     producer = KafkaRecordProducer(
@@ -135,15 +158,7 @@ async def test_sigkill_between_insert_and_commit_keeps_exactly_n_rows(
     await produce_events(topics, n, now)
 
     chdb = tmp_path / "seg-chdb"
-    cmd = [sys.executable, "-m", "leadback", "segmenter"]
-    crashed = subprocess.run(
-        cmd,
-        env=segmenter_env(topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_write=kill"),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    crash_at("segmenter.after_write", segmenter_env(topics, chdb))
     # The first batch landed but its offsets were never committed.
     landed = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events"))
     assert 0 < landed <= 400
@@ -168,23 +183,8 @@ async def test_sigkill_while_catching_up_replays_every_uncommitted_range(
     await produce_events(topics, n, now)
 
     chdb = tmp_path / "seg-chdb"
-    catch_up = {
-        "LEADBACK_SEGMENTER_FETCH_MAX_RECORDS": "50",  # every fetch is full: a backlog
-        "LEADBACK_SEGMENTER_BATCH_MAX_EVENTS": "200",
-        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_EVENTS": "100000",
-        "LEADBACK_SEGMENTER_CATCHUP_COMMIT_S": "600",
-    }
-    cmd = [sys.executable, "-m", "leadback", "segmenter"]
-    crashed = subprocess.run(
-        cmd,
-        env=segmenter_env(
-            topics, chdb, LEADBACK_FAILPOINTS="segmenter.after_deferred_write=kill", **catch_up
-        ),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+    catch_up = catch_up_env(fetch=50, batch=200)
+    crash_at("segmenter.after_deferred_write", segmenter_env(topics, chdb, **catch_up))
     # At least two batches of one partition landed, and nothing was committed.
     landed = int(run_sql_in_subprocess(chdb, "SELECT count() FROM leadback.events"))
     assert 400 <= landed < n
