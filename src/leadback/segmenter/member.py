@@ -72,10 +72,6 @@ class Segmenter:
         return self._loop.assignment
 
     @property
-    def running(self) -> bool:
-        return self._loop.running
-
-    @property
     def stats(self) -> SegmenterStats:
         loop = self._loop.stats
         return SegmenterStats(

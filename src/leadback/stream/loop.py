@@ -83,7 +83,6 @@ class StreamLoop:
         self._consumer: Consumer = consumer_factory(self._on_assigned, self._on_revoked)
         self._backlog = False
         self.stats = LoopStats()
-        self.running = False
 
     @property
     def assignment(self) -> set[int]:
@@ -110,7 +109,6 @@ class StreamLoop:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then settle what is batched and leave the group."""
         await self._consumer.start()
-        self.running = True
         try:
             while not stop.is_set():
                 await self._poll_once(self._poll_timeout_ms())
@@ -119,7 +117,6 @@ class StreamLoop:
                 await self._drain()
             await self._flush_due(force=True)
         finally:
-            self.running = False
             try:
                 await self._consumer.stop()
             except BrokerUnavailableError as exc:
