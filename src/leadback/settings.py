@@ -305,6 +305,68 @@ class AdminSettings(BaseModel):
         return split_secret_list(v)
 
 
+class DispatcherSettings(BaseModel):
+    """The dispatcher: campaigns from audience changes to channels (the stream loop's knobs too)."""
+
+    enabled: bool = Field(
+        True, description="embedded: run the dispatcher in the process that owns chDB"
+    )
+    group_id: str = "leadback-dispatcher"
+    batch_max_events: int = Field(5_000, ge=1)
+    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    buffer_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    flush_interval_ms: int = Field(100, ge=10, le=60_000)
+    fetch_max_records: int = Field(5_000, ge=1)
+    catchup_commit_s: float = Field(2.0, ge=0)
+    catchup_commit_events: int = Field(50_000, ge=1)
+    retry_initial_s: float = Field(0.2, gt=0, description="store retries of the loop")
+    retry_max_s: float = Field(30.0, gt=0)
+    drain_on_shutdown: bool = False
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    timer_interval_ms: int = Field(
+        1000, ge=20, le=60_000, description="how often due steps are looked for"
+    )
+    max_attempts: int = Field(
+        12, ge=1, le=100, description="tries of one message before it goes to the dead topic"
+    )
+    backoff_initial_s: float = Field(5.0, gt=0, description="first retry delay (then x2, jitter)")
+    backoff_max_s: float = Field(6 * 3600.0, gt=0, description="longest retry delay")
+    send_timeout_s: float = Field(30.0, gt=0, le=300, description="one provider call")
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="ingest's public base URL, for unsubscribe and Telegram link endpoints",
+    )
+    token_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="keys (>= 32 bytes) signing unsubscribe and Telegram link tokens; the first "
+        "signs, all verify. Empty in embedded mode: a generated key in "
+        "<data_dir>/secrets/token_key. Required in production",
+    )
+    allow_private_targets: bool = Field(
+        False,
+        description="let webhooks reach loopback, private, link-local and metadata addresses",
+    )
+    default_timezone: str = Field("UTC", description="quiet hours when nothing else says")
+    metrics_port: int = Field(9465, ge=0, le=65535, description="Prometheus /metrics; 0 = off")
+    metrics_host: str = "127.0.0.1"
+
+    @field_validator("token_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        return split_secret_list(v)
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{v!r} is not a known time zone") from exc
+        return v
+
+
 class Settings(BaseSettings):
     """Every setting of every service. Build with :func:`load_settings`."""
 
@@ -326,6 +388,7 @@ class Settings(BaseSettings):
     identity: IdentitySettings = IdentitySettings()
     audiences: AudienceSettings = AudienceSettings()
     admin: AdminSettings = AdminSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
     sites: dict[str, SiteSettings] = Field(
         default_factory=lambda: {DEMO_SITE: SiteSettings(write_key=SecretStr(DEMO_WRITE_KEY))}
     )
@@ -365,6 +428,10 @@ class Settings(BaseSettings):
                 raise ValueError("production needs LEADBACK_ADMIN_TOKENS of 24+ characters each")
             if not self.identity.contact_keys:
                 raise ValueError("production needs LEADBACK_IDENTITY_CONTACT_KEYS")
+            if not self.dispatcher.token_keys or any(
+                len(k.get_secret_value()) < 32 for k in self.dispatcher.token_keys
+            ):
+                raise ValueError("production needs LEADBACK_DISPATCHER_TOKEN_KEYS of 32+ bytes")
         return self
 
     @property
