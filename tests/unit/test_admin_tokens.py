@@ -62,6 +62,7 @@ def test_production_without_tokens_refuses(tmp_path: Path) -> None:
         kafka={"bootstrap": "kafka:9092"},
         sites={"shop": SiteSettings(write_key=SecretStr("a-long-enough-write-key"))},
         identity={"contact_keys": [Fernet.generate_key().decode()]},
+        dispatcher={"token_keys": ["k" * 32]},
         admin={"port": 0},  # the API is off, so the settings allow no tokens
     )
     with pytest.raises(ConfigError, match="LEADBACK_ADMIN_TOKENS"):

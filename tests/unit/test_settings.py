@@ -164,4 +164,16 @@ def test_production_with_contact_keys_starts(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LEADBACK_SITES", '{"shop": {"write_key": "shop-key-0123456789abcdef"}}')
     monkeypatch.setenv("LEADBACK_ADMIN_TOKENS", "admin-token-0123456789abcdef")
     monkeypatch.setenv("LEADBACK_IDENTITY_CONTACT_KEYS", KEY_A)
+    monkeypatch.setenv("LEADBACK_DISPATCHER_TOKEN_KEYS", "t" * 32)
     assert _keys(load_settings()) == [KEY_A]
+
+
+def test_production_without_token_keys_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADBACK_ENVIRONMENT", "production")
+    monkeypatch.setenv("LEADBACK_KAFKA_BOOTSTRAP", "k:9092")
+    monkeypatch.setenv("LEADBACK_SITES", '{"shop": {"write_key": "shop-key-0123456789abcdef"}}')
+    monkeypatch.setenv("LEADBACK_ADMIN_TOKENS", "admin-token-0123456789abcdef")
+    monkeypatch.setenv("LEADBACK_IDENTITY_CONTACT_KEYS", KEY_A)
+    monkeypatch.setenv("LEADBACK_DISPATCHER_TOKEN_KEYS", "too-short")
+    with pytest.raises(ConfigError, match="LEADBACK_DISPATCHER_TOKEN_KEYS"):
+        load_settings()

@@ -1,6 +1,6 @@
 """The FastAPI part of ingest: ``POST /v1/events``, health, readiness, metrics.
 
-Errors map to HTTP status in exactly one place (:func:`_error_response`): invalid input 400,
+Errors map to HTTP status in exactly one place (:func:`leadback.ingest.context.error_response`): invalid input 400,
 auth 401, over-size 413, back-pressure 503 with ``Retry-After``.
 
 What cannot be accepted goes to the invalid topic as a :mod:`leadback.invalid` record (which
@@ -12,93 +12,23 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from leadback.clock import Clock
-from leadback.enrich.bots import BotDetector
-from leadback.enrich.ip import client_ip, parse_networks
-from leadback.errors import AuthError, BackpressureError, InvalidInputError, LeadbackError
+from leadback.enrich.ip import client_ip
+from leadback.errors import BackpressureError, InvalidInputError, LeadbackError
 from leadback.events import event_key
-from leadback.identity.contacts import ContactCipher
-from leadback.ingest.sites import SiteRegistry, write_key_from_headers
-from leadback.ingest.stats import IngestStats
+from leadback.ingest.context import (
+    Ctx,
+    IngestContext,
+    PayloadTooLarge,
+    error_response,
+    read_body,
+)
+from leadback.ingest.sites import write_key_from_headers
 from leadback.invalid import invalid_record, kafka_record
-from leadback.kafka.delivery import Delivery
 from leadback.protocols.jsonapi import canonical_from_json, parse_batch
-from leadback.settings import Settings
-
-
-class PayloadTooLarge(InvalidInputError):
-    """The body is over the configured limit."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__("payload_too_large", detail)
-
-
-class IngestContext:
-    """What the routes need, built once per app."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        sites: SiteRegistry,
-        delivery: Delivery,
-        stats: IngestStats,
-        registry: CollectorRegistry,
-        bots: BotDetector,
-        cipher: ContactCipher,
-        clock: Clock,
-    ) -> None:
-        self.settings = settings
-        self.sites = sites
-        self.delivery = delivery
-        self.stats = stats
-        self.registry = registry
-        self.bots = bots
-        self.cipher = cipher
-        self.clock = clock
-        self.trusted = parse_networks(settings.ingest.trusted_proxies)
-
-
-def _ctx(request: Request) -> IngestContext:
-    ctx: IngestContext = request.app.state.ctx
-    return ctx
-
-
-Ctx = Annotated[IngestContext, Depends(_ctx)]
-
-
-def _error_response(exc: LeadbackError) -> JSONResponse:
-    if isinstance(exc, BackpressureError):
-        return JSONResponse(
-            {"error": "backpressure", "detail": str(exc)},
-            status_code=503,
-            headers={"Retry-After": str(max(1, round(exc.retry_after)))},
-        )
-    if isinstance(exc, AuthError):
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=401)
-    if isinstance(exc, PayloadTooLarge):
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=413)
-    if isinstance(exc, InvalidInputError):
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=400)
-    return JSONResponse({"error": "internal_error"}, status_code=500)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
 
 router = APIRouter()
 
@@ -125,7 +55,7 @@ async def post_events(
     site_id: str | None = None
     try:
         site_id = ctx.sites.site_for_key(write_key_from_headers(authorization, x_write_key))
-        body = await _read_body(request, limits.max_batch_bytes)
+        body = await read_body(request, limits.max_batch_bytes)
         items = parse_batch(body)
         if len(items) > limits.max_batch_events:
             raise PayloadTooLarge(
@@ -133,7 +63,7 @@ async def post_events(
             )
     except InvalidInputError as exc:
         _invalid(ctx, exc, site_id, request, ip, body, now)
-        status = _error_response(exc)
+        status = error_response(exc)
         ctx.stats.requests[("events", status.status_code)] += 1
         return status
     consent_default = ctx.sites.consent_defaults.get(site_id, limits.consent_default)
@@ -176,7 +106,7 @@ async def post_events(
             event_ids.append(event["event_id"])
     except BackpressureError as exc:
         ctx.stats.accepted["json"] += accepted
-        response = _error_response(exc)
+        response = error_response(exc)
         ctx.stats.requests[("events", response.status_code)] += 1
         return response
     ctx.stats.accepted["json"] += accepted
@@ -254,13 +184,17 @@ async def index(ctx: Ctx) -> dict[str, Any]:
 
 
 def build_api(ctx: IngestContext, lifespan: Any) -> FastAPI:
-    """The FastAPI app with the routes above and the single error mapping."""
+    """The FastAPI app with the routes above, the channels' routes and the one error mapping."""
+    from leadback.ingest.channel_routes import CHANNEL_ROUTERS
+
     app = FastAPI(title="Leadback ingest", version="1", lifespan=lifespan)
     app.state.ctx = ctx
     app.include_router(router)
+    for channel_router in CHANNEL_ROUTERS:
+        app.include_router(channel_router)
 
     @app.exception_handler(LeadbackError)
     async def _leadback_error(_: Request, exc: LeadbackError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     return app

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry
 from leadback.clock import Clock, SystemClock
 from leadback.enrich.bots import BotDetector
 from leadback.identity.contacts import contact_cipher
-from leadback.ingest.api import IngestContext, build_api
+from leadback.ingest.api import build_api
+from leadback.ingest.context import IngestContext
 from leadback.ingest.pixel import PIXEL_PATH, PixelHandler
 from leadback.ingest.sites import SiteRegistry
 from leadback.ingest.stats import IngestStats, ingest_samples
@@ -21,6 +22,7 @@ from leadback.kafka.delivery import Delivery
 from leadback.logs import get_logger
 from leadback.metrics import CallbackCollector
 from leadback.settings import Settings
+from leadback.signed_tokens import token_signer
 
 log = get_logger(__name__)
 
@@ -56,7 +58,8 @@ def create_app(settings: Settings, delivery: Delivery, *, clock: Clock | None = 
     registry.register(CallbackCollector(lambda: ingest_samples(stats, delivery)))
     bots = BotDetector()  # one user-agent cache for the pixel and the API
     cipher = contact_cipher(settings)  # may create the embedded key file: once, here
-    ctx = IngestContext(settings, sites, delivery, stats, registry, bots, cipher, clock)
+    signer = token_signer(settings)  # may create the embedded key file: once, here
+    ctx = IngestContext(settings, sites, delivery, stats, registry, bots, cipher, clock, signer)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
