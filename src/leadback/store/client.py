@@ -9,6 +9,7 @@ and calls on one client never overlap. Errors are translated here into
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -167,3 +168,9 @@ class ClickHouseStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, close_client)
         self._executor.shutdown(wait=True)
+
+
+def content_token(table: str, body: bytes) -> str:
+    """A deduplication token naming ``body`` itself: a retried insert of the same rows (after
+    a timeout that may have landed) is dropped, while any different rows are not."""
+    return f"{table}:{hashlib.sha256(body).hexdigest()}"

@@ -27,6 +27,18 @@ CREATE TABLE IF NOT EXISTS {db}.destinations
 ENGINE = ReplacingMergeTree(version)
 ORDER BY destination_id;
 
+-- Site policies: time zone, default quiet hours, caps per channel across campaigns.
+CREATE TABLE IF NOT EXISTS {db}.campaign_policies
+(
+    site_id LowCardinality(String),
+    version UInt32,
+    definition String,
+    deleted UInt8,
+    updated_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY site_id;
+
 -- One row per (campaign, person, membership version, step): scheduled when the person entered
 -- the audience, then done or cancelled. `rev` orders a row's states: 0 for the enrollment
 -- (a replayed enrollment never overrides a later state), then the dispatcher's clock in ms.

@@ -1,0 +1,1 @@
+"""Campaigns: what to send, to whom, when (definitions, validation, templates, storage)."""

@@ -1,0 +1,1 @@
+"""The dispatcher: audience changes -> campaign steps -> messages through destinations."""
