@@ -118,9 +118,19 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
     if engine is not None:
         await engine.start()
     seg = build_segmenter(settings, store, bootstrap, producer, engine, embedded=embedded)
+    dispatcher = None
+    if settings.dispatcher.enabled and settings.clickhouse.url.startswith("chdb://"):
+        # chDB allows one process per directory: the dispatcher runs here, beside the
+        # segmenter. Over HTTP it runs apart (`leadback dispatcher`).
+        from leadback.dispatcher.metrics import dispatcher_samples
+        from leadback.dispatcher.service import build_dispatcher
+
+        dispatcher = build_dispatcher(settings, store, bootstrap, producer, embedded=embedded)
     if settings.segmenter.metrics_port:
         registry = CollectorRegistry()
         registry.register(CallbackCollector(lambda: samples(seg, engine)))
+        if dispatcher is not None:
+            registry.register(CallbackCollector(lambda: dispatcher_samples(dispatcher)))
         start_http_server(
             settings.segmenter.metrics_port, settings.segmenter.metrics_host, registry=registry
         )
@@ -146,6 +156,9 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
         )
         if settings.admin.port:
             side.append(asyncio.create_task(_serve_admin(settings, engine, store, stop)))
+    if dispatcher is not None:
+        side.append(asyncio.create_task(dispatcher.run(stop)))
+        log.info("dispatcher started beside the segmenter", group=settings.dispatcher.group_id)
     try:
         await seg.run(stop)
     finally:
