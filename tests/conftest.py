@@ -75,6 +75,7 @@ def make_settings(
                 "metrics_port": 0,
             },
             "admin": {"port": 0},
+            "dispatcher": {"group_id": f"disp-{unique}", "metrics_port": 0},
             "sites": {
                 "demo": SiteSettings(write_key=SecretStr(WRITE_KEY)),
                 "shop": SiteSettings(

@@ -63,10 +63,10 @@ class Composer:
         products: list[str],
     ) -> Content:
         """The rendered content; ``TemplateRenderError`` if a template fails."""
-        from leadback.destinations.unsubscribe import unsubscribe_token, unsubscribe_url
-
         unsubscribe = None
         if kind in ("email", "sms", "webpush", "telegram"):
+            from leadback.destinations.unsubscribe import unsubscribe_token, unsubscribe_url
+
             token = unsubscribe_token(
                 self._signer,
                 site_id=spec.site,

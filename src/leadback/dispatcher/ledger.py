@@ -9,7 +9,7 @@ good; also on the dead topic). The latest row of a ``delivery_id`` is its outcom
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ class DeliveryRow:
     response: str = ""
     provider_id: str = ""
     change_at: int = 0
+    seq: int = 0  # orders a delivery's rows (the writer's revisions: strictly increasing)
 
     def json(self) -> bytes:
         data = asdict(self)
@@ -124,8 +125,8 @@ class Ledger:
         rows = await self._store.query(
             "SELECT delivery_id, any(site_id), any(campaign_id), any(person_id), "
             "any(membership_version), any(step), any(channel), any(destination_id), "
-            "argMax(status, at) AS status, argMax(reason, at), max(attempt), "
-            "argMax(http_status, at), argMax(response, at), argMax(provider_id, at), "
+            "argMax(status, seq) AS status, argMax(reason, seq), max(attempt), "
+            "argMax(http_status, seq), argMax(response, seq), argMax(provider_id, seq), "
             "min(at), max(at) "
             f"FROM {self._db}.deliveries WHERE {' AND '.join(where)} "
             f"GROUP BY delivery_id {having} ORDER BY max(at) DESC LIMIT {{n:UInt32}}",
@@ -161,7 +162,7 @@ class Ledger:
         """Per campaign and status: how many deliveries are in it now."""
         rows = await self._store.query(
             "SELECT site, campaign, status, count() FROM (SELECT any(site_id) AS site, "
-            "any(campaign_id) AS campaign, argMax(status, at) AS status "
+            "any(campaign_id) AS campaign, argMax(status, seq) AS status "
             f"FROM {self._db}.deliveries WHERE {{s:String}} = '' OR site_id = {{s:String}} "
             "GROUP BY delivery_id) GROUP BY site, campaign, status ORDER BY site, campaign, status",
             {"s": site or ""},
@@ -170,11 +171,3 @@ class Ledger:
             {"site": str(r[0]), "campaign": str(r[1]), "status": str(r[2]), "count": int(r[3])}
             for r in rows
         ]
-
-
-def latest_status(rows: Sequence[DeliveryRow]) -> dict[str, str]:
-    """delivery_id -> the status of its last row in ``rows``."""
-    out: dict[str, str] = {}
-    for r in rows:
-        out[r.delivery_id] = r.status
-    return out

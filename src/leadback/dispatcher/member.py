@@ -88,7 +88,8 @@ class Dispatcher:
             topic=topic,
             consumer_factory=consumer_factory,
             handler=self._planner,
-            clock=clock,
+            # The loop's pacing (flush interval, retries) is real time; decisions use ``clock``.
+            clock=SystemClock(),
             name="dispatcher",
         )
         self.scheduler = Scheduler(

@@ -127,6 +127,7 @@ class ChangePlanner:
                                 status="held_out",
                                 at_ms=self._rev.now_ms(),
                                 change_at=at,
+                                seq=self._rev.next(),
                             )
                         )
                         continue
@@ -201,6 +202,7 @@ class ChangePlanner:
                         reason=reason,
                         at_ms=self._rev.now_ms(),
                         change_at=row.change_at,
+                        seq=self._rev.next(),
                     )
                 )
         if cancelled:

@@ -43,7 +43,7 @@ class Person:
 
 
 def allows_marketing(consent: Any) -> bool:
-    """The consent tuple of an event (status, purposes, gpc, dnt, tracking) allows messages:
+    """An event's consent (status, purposes, gpc) allows messages:
     granted for ``all`` or ``marketing``, and no Global Privacy Control signal."""
     status, purposes, gpc = consent[0], list(consent[1]), bool(consent[2])
     return status == "granted" and not gpc and bool({"all", MARKETING} & set(purposes))
@@ -79,7 +79,9 @@ class RecipientLoader:
             people[owner[str(visitor)]].traits.update(orjson.loads(traits))
         latest: dict[str, Any] = {}
         rows = await self._store.query(
-            f"SELECT visitor_id, max(received_at), argMax(consent, received_at) FROM {db}.events "
+            "SELECT visitor_id, max(received_at), "
+            "argMax((consent.status, consent.purposes, consent.gpc), received_at) "
+            f"FROM {db}.events "
             "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} "
             "AND source != 'signal' GROUP BY visitor_id",
             params,

@@ -326,6 +326,7 @@ class Scheduler:
             response=error.response if error else "",
             provider_id=provider_id,
             change_at=r.change_at,
+            seq=self._rev.next(),
         )
 
     def _finish(
@@ -432,7 +433,8 @@ class Scheduler:
         if not results:
             return 0
         try:
-            await self._record_outcomes(results)
+            async with self._lock:  # a pass must not see a step between its write and pop
+                await self._record_outcomes(results)
         except BaseException:
             self._results[:0] = results  # kept for the next try
             self._results_ready.set()

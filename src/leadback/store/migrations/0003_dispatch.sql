@@ -66,7 +66,7 @@ ORDER BY (site_id, campaign_id, person_id, membership_version, step)
 TTL toDateTime(intDiv(due_at, 1000)) + INTERVAL 120 DAY;
 
 -- Every decision and attempt of every message: an append-only log. The latest row of a
--- delivery_id is its outcome; `sending` is written before the provider call.
+-- delivery_id (highest `seq`) is its outcome; `sending` is written before the provider call.
 CREATE TABLE IF NOT EXISTS {db}.deliveries
 (
     delivery_id String,
@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS {db}.deliveries
     provider_id String,
     change_at Int64,
     at DateTime64(3, 'UTC'),
+    seq UInt64,
     INDEX person_idx person_id TYPE bloom_filter GRANULARITY 4,
     INDEX status_idx status TYPE set(16) GRANULARITY 4
 )
