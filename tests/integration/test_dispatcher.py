@@ -136,4 +136,3 @@ async def test_transient_failures_are_retried_and_permanent_ones_go_dead(h: Harn
     assert [(d["person_id"], d["reason"], d["http_status"], d["response"]) for d in dead] == [
         ("v2", "http_400", 400, "nope")
     ]
-

@@ -3,10 +3,11 @@
 One query per site evaluates every audience being checked, for a set of visitors (or all of
 them), and compares the result with the stored memberships in the same statement:
 
-* ``ev``: the candidates' events (bots and visitors without consent to be recognised left
-  out), each mapped to its *person* through ``identities``. Not read with ``FINAL`` (it costs
-  more than the whole evaluation on small sets): a retried event is a duplicate row, so counts
-  are ``uniqExact(event_id)`` and every other aggregate (max, exists) ignores duplicates;
+* ``ev``: the candidates' events (bots, visitors without consent to be recognised and
+  channel signals left out), each mapped to its *person* through ``identities``. Not read
+  with ``FINAL`` (it costs more than the whole evaluation on small sets): a retried event is a
+  duplicate row, so counts are ``uniqExact(event_id)`` and every other aggregate (max, exists)
+  ignores duplicates;
 * person-level audiences: one ``GROUP BY person`` whose columns are the compiled rules, turned
   into (audience, person, member) rows with ``ARRAY JOIN``;
 * product-level audiences: the events carrying product ids, ``ARRAY JOIN``-ed by product and

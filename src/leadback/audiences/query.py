@@ -100,7 +100,7 @@ ev AS (
         WHERE site_id = {{site:String}}{ifilter} GROUP BY visitor_id
     ) AS idm ON e.visitor_id = idm.visitor_id
     WHERE e.site_id = {{site:String}}{vfilter}
-        AND NOT e.bot AND NOT startsWith(e.visitor_id, 'e:')
+        AND NOT e.bot AND NOT startsWith(e.visitor_id, 'e:') AND e.source != 'signal'
 )
 SELECT audience_id, person, products, if(due >= {NEVER}, 0, due) AS due FROM (
     {union}

@@ -24,7 +24,7 @@ from leadback.dispatcher.book import Book
 from leadback.dispatcher.feedback import FeedbackWriter, Suppression
 from leadback.dispatcher.ledger import DeliveryRow, Ledger
 from leadback.dispatcher.policy import delivery_id, held_out
-from leadback.dispatcher.steps import CANCELLED, StepRow, StepStore
+from leadback.dispatcher.steps import CANCELLED, StepRow, StepStore, row_delivery_id
 from leadback.logs import get_logger
 from leadback.stream.batches import Intent, PartitionBatch
 from leadback.stream.handler import Retrying
@@ -114,7 +114,7 @@ class ChangePlanner:
                     if held_out(person, spec.id, spec.holdout):
                         held.append(
                             DeliveryRow(
-                                delivery_id=delivery_id(site, spec.id, person, version, 0),
+                                delivery_id=delivery_id(site, spec.id, person, version, entered, 0),
                                 site_id=site,
                                 campaign_id=spec.id,
                                 campaign_version=live.version,
@@ -186,9 +186,7 @@ class ChangePlanner:
                 live = self._book.campaign(site, row.campaign_id)
                 rows.append(
                     DeliveryRow(
-                        delivery_id=delivery_id(
-                            site, row.campaign_id, row.person_id, row.membership_version, row.step
-                        ),
+                        delivery_id=row_delivery_id(row),
                         site_id=site,
                         campaign_id=row.campaign_id,
                         campaign_version=live.version if live else 0,

@@ -14,13 +14,17 @@ from leadback.campaigns.definitions import Cap, QuietHours
 _MINUTE_MS = 60_000
 
 
-def delivery_id(site: str, campaign: str, person: str, membership_version: int, step: int) -> str:
-    """The stable id of one message: (site, campaign, person, membership version, step).
+def delivery_id(
+    site: str, campaign: str, person: str, membership_version: int, entered_at: int, step: int
+) -> str:
+    """The stable id of one message: (site, campaign, person, membership, step).
 
-    Every attempt of the message carries it (webhook ``webhook-id``, e-mail ``Message-ID``),
-    so a receiver that deduplicates drops a repeat.
+    A membership is its version and entry time: versions start again at 1 for a person who
+    comes back after an erasure, entry times do not repeat. Every attempt of the message
+    carries the id (webhook ``webhook-id``, e-mail ``Message-ID``), so a receiver that
+    deduplicates drops a repeat.
     """
-    key = f"{site}\x00{campaign}\x00{person}\x00{membership_version}\x00{step}"
+    key = f"{site}\x00{campaign}\x00{person}\x00{membership_version}\x00{entered_at}\x00{step}"
     return "msg_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

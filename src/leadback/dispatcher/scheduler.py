@@ -46,14 +46,13 @@ from leadback.dispatcher.ledger import DeliveryRow, Ledger
 from leadback.dispatcher.planner import Revisions
 from leadback.dispatcher.policy import (
     cap_wait_ms,
-    delivery_id,
     quiet_until_ms,
     retry_delay_s,
     zone,
 )
 from leadback.dispatcher.recipients import Person, RecipientLoader
 from leadback.dispatcher.sender import DestinationQueue
-from leadback.dispatcher.steps import DONE, PENDING, StepRow, StepStore
+from leadback.dispatcher.steps import DONE, PENDING, StepRow, StepStore, row_delivery_id
 from leadback.errors import ConfigError, LeadbackError
 from leadback.logs import get_logger
 from leadback.settings import DispatcherSettings
@@ -576,7 +575,7 @@ class Scheduler:
 
 
 def _did(r: StepRow) -> str:
-    return delivery_id(r.site_id, r.campaign_id, r.person_id, r.membership_version, r.step)
+    return row_delivery_id(r)
 
 
 class _BrokenChannel:

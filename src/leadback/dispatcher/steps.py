@@ -1,7 +1,8 @@
 """The ``campaign_steps`` table: every step of every enrollment, pending until done or
 cancelled.
 
-A row is keyed (site, campaign, person, membership version, step) and versioned by ``rev``:
+A row is keyed (site, campaign, person, membership version and entry time, step) and
+versioned by ``rev``:
 enrollments are written with ``rev`` 0, so an enrollment replayed from the change topic never
 overrides a state written after it; later states carry the dispatcher's clock in ms (made
 strictly increasing per process). ``partition`` is the change-topic partition the person's
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from leadback.dispatcher.policy import delivery_id
 from leadback.store.client import ClickHouseStore, content_token
 
 PENDING, DONE, CANCELLED = "pending", "done", "cancelled"
@@ -44,12 +46,26 @@ class StepRow:
     rev: int = 0
 
     @property
-    def key(self) -> tuple[str, str, str, int, int]:
-        return (self.site_id, self.campaign_id, self.person_id, self.membership_version, self.step)
+    def key(self) -> tuple[str, str, str, int, int, int]:
+        return (
+            self.site_id,
+            self.campaign_id,
+            self.person_id,
+            self.membership_version,
+            self.change_at,
+            self.step,
+        )
 
     def moved(self, rev: int, **changes: Any) -> StepRow:
         """This row in a new state (``rev``: the writer's next revision)."""
         return replace(self, rev=rev, **changes)
+
+
+def row_delivery_id(r: StepRow) -> str:
+    """The delivery id of a step (:func:`~leadback.dispatcher.policy.delivery_id`)."""
+    return delivery_id(
+        r.site_id, r.campaign_id, r.person_id, r.membership_version, r.change_at, r.step
+    )
 
 
 def _row(r: Sequence[Any]) -> StepRow:

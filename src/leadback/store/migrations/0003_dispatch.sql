@@ -39,9 +39,9 @@ CREATE TABLE IF NOT EXISTS {db}.campaign_policies
 ENGINE = ReplacingMergeTree(version)
 ORDER BY site_id;
 
--- One row per (campaign, person, membership version, step): scheduled when the person entered
--- the audience, then done or cancelled. `rev` orders a row's states: 0 for the enrollment
--- (a replayed enrollment never overrides a later state), then the dispatcher's clock in ms.
+-- One row per (campaign, person, membership version and entry time, step): scheduled when the
+-- person entered the audience, then done or cancelled. `rev` orders a row's states: 0 for the
+-- enrollment (a replayed one never overrides a later state), then the dispatcher's clock in ms.
 CREATE TABLE IF NOT EXISTS {db}.campaign_steps
 (
     site_id LowCardinality(String),
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS {db}.campaign_steps
     INDEX state_idx state TYPE set(8) GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree(rev)
-ORDER BY (site_id, campaign_id, person_id, membership_version, step)
+ORDER BY (site_id, campaign_id, person_id, membership_version, change_at, step)
 TTL toDateTime(intDiv(due_at, 1000)) + INTERVAL 120 DAY;
 
 -- Every decision and attempt of every message: an append-only log. The latest row of a
