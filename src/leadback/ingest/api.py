@@ -1,7 +1,7 @@
 """The FastAPI part of ingest: ``POST /v1/events``, health, readiness, metrics.
 
-Errors map to HTTP status in exactly one place (:func:`leadback.ingest.context.error_response`): invalid input 400,
-auth 401, over-size 413, back-pressure 503 with ``Retry-After``.
+Errors map to HTTP status in exactly one place (:func:`leadback.ingest.context.error_response`):
+invalid input 400, auth 401, over-size 413, back-pressure 503 with ``Retry-After``.
 
 What cannot be accepted goes to the invalid topic as a :mod:`leadback.invalid` record (which
 keeps trait values and the write key off it).
