@@ -11,10 +11,11 @@ import uvicorn
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Any) -> AsyncIterator[str]:
-    """Yields the base URL (``http://127.0.0.1:<port>``) while ``app`` is served."""
+async def serve_app(app: Any, **tls: Any) -> AsyncIterator[str]:
+    """Yields the base URL (``http://127.0.0.1:<port>``) while ``app`` is served; with
+    ``ssl_certfile``/``ssl_keyfile`` (uvicorn's options) it is served over TLS (``https://``)."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="off"
+        app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="off", **tls
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -25,7 +26,7 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task

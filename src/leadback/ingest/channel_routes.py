@@ -5,4 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-CHANNEL_ROUTERS: list[APIRouter] = []
+from leadback.ingest import push_routes
+
+CHANNEL_ROUTERS: list[APIRouter] = [push_routes.router]

@@ -7,11 +7,12 @@ auth 401, over-size 413, back-pressure 503 with ``Retry-After``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from leadback.clock import Clock
 from leadback.enrich.bots import BotDetector
@@ -79,7 +80,10 @@ def error_response(exc: LeadbackError) -> JSONResponse:
     if isinstance(exc, PayloadTooLarge):
         return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=413)
     if isinstance(exc, InvalidInputError):
-        return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=400)
+        body = {"error": exc.reason, "detail": exc.detail}
+        if exc.field is not None:
+            body["field"] = exc.field
+        return JSONResponse(body, status_code=400)
     return JSONResponse({"error": "internal_error"}, status_code=500)
 
 
@@ -95,3 +99,28 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def json_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON request body that the route reads itself (with
+    :func:`read_body`, so the size limit applies before parsing): the model's schema with its
+    nested models inlined (``$defs`` would resolve against the OpenAPI document's root)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline(schema)}},
+        }
+    }
