@@ -5,4 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-CHANNEL_ROUTERS: list[APIRouter] = []
+from leadback.ingest import bounce_routes, unsubscribe_routes
+
+CHANNEL_ROUTERS: list[APIRouter] = [unsubscribe_routes.router, bounce_routes.router]
