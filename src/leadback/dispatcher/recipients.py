@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from leadback.destinations.base import PushSubscription
-from leadback.errors import ContactDecryptError
+from leadback.destinations.push_subscription import subscription_from_json
+from leadback.errors import ContactDecryptError, InvalidInputError
 from leadback.identity.contacts import ContactCipher
 from leadback.identity.graph import IdentityGraph
 from leadback.logs import get_logger
@@ -148,12 +149,11 @@ class RecipientLoader:
             if not active or not token:
                 continue
             try:
-                sub = orjson.loads(self.cipher.decrypt(str(token)))
-                keys = sub["keys"]
-                subscription = PushSubscription(sub["endpoint"], keys["p256dh"], keys["auth"])
-                people[owner[str(visitor)]].push.append((str(digest), str(visitor), subscription))
-            except (ContactDecryptError, KeyError, TypeError, ValueError) as exc:
+                subscription = subscription_from_json(self.cipher.decrypt(str(token)))
+            except (ContactDecryptError, InvalidInputError) as exc:
                 log.warning("a push subscription does not decrypt", error=type(exc).__name__)
+                continue
+            people[owner[str(visitor)]].push.append((str(digest), str(visitor), subscription))
 
     async def _telegram(
         self, site: str, people: dict[str, Person], owner: dict[str, str], params: dict[str, Any]
