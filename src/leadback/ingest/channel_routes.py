@@ -5,4 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-CHANNEL_ROUTERS: list[APIRouter] = []
+from leadback.ingest import telegram_routes
+
+CHANNEL_ROUTERS: list[APIRouter] = [telegram_routes.router]
