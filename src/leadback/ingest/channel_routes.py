@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from leadback.ingest import bounce_routes, push_routes, unsubscribe_routes
+from leadback.ingest import bounce_routes, push_routes, telegram_routes, unsubscribe_routes
 
 CHANNEL_ROUTERS: list[APIRouter] = [
     unsubscribe_routes.router,
     bounce_routes.router,
     push_routes.router,
+    telegram_routes.router,
 ]
