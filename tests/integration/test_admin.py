@@ -139,7 +139,7 @@ async def test_every_v1_route_needs_the_token_and_docs_do_not(admin: Admin) -> N
         spec = (await anonymous.get("/openapi.json")).json()
     assert "/v1/sites/{site}/audiences/{audience_id}/members" in spec["paths"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    assert {t["name"] for t in spec["tags"]} == {"audiences", "members", "privacy"}
+    assert {t["name"] for t in spec["tags"]} == {"audiences", "members", "privacy", "campaigns"}
     assert (await admin.http.get("/v1/audiences")).status_code == 200
 
 

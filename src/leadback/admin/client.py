@@ -1,4 +1,5 @@
-"""A small synchronous client of the admin API, for the ``leadback audiences`` commands.
+"""A small synchronous client of the admin API, for the ``leadback audiences`` and
+``leadback campaigns`` commands.
 
 Every call has a timeout; failures become :class:`AdminAPIError` with the API's ``error``
 reason and ``detail`` (or ``unreachable`` when no answer came), so the CLI prints one line.
@@ -158,6 +159,72 @@ class AdminClient:
         )
         result: dict[str, Any] = self._call("DELETE", path)
         return result
+
+    # -- campaigns ------------------------------------------------------------------------
+
+    def apply_campaigns(self, document: Any) -> dict[str, Any]:
+        """``{changed, items: [{kind, key, version, status}]}``."""
+        result: dict[str, Any] = self._call("POST", "/v1/campaigns:apply", json=document)
+        return result
+
+    def validate_campaigns(self, document: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/v1/campaigns:validate", json=document)
+        return result
+
+    def list_campaigns(self, site: str | None = None) -> list[dict[str, Any]]:
+        params = {"site": site} if site else {}
+        result: list[dict[str, Any]] = self._call("GET", "/v1/campaigns", params=params)[
+            "campaigns"
+        ]
+        return result
+
+    def campaign(self, site: str, campaign_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", self._campaign(site, campaign_id))
+        return result
+
+    def delete_campaign(self, site: str, campaign_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("DELETE", self._campaign(site, campaign_id))
+        return result
+
+    def destinations(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/v1/destinations")["destinations"]
+        return result
+
+    def deliveries(
+        self,
+        *,
+        site: str | None = None,
+        campaign: str | None = None,
+        person: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Latest state of each delivery, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        filters = (("site", site), ("campaign", campaign), ("person", person), ("status", status))
+        params.update({key: value for key, value in filters if value})
+        result: list[dict[str, Any]] = self._call("GET", "/v1/deliveries", params=params)[
+            "deliveries"
+        ]
+        return result
+
+    def delivery_summary(self, site: str | None = None) -> list[dict[str, Any]]:
+        """Per campaign: ``{site, campaign, deliveries: {status: n}, total}``."""
+        params = {"site": site} if site else {}
+        result: list[dict[str, Any]] = self._call("GET", "/v1/deliveries/summary", params=params)[
+            "campaigns"
+        ]
+        return result
+
+    def person_steps(self, site: str, person: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call(
+            "GET", f"/v1/persons/{_seg(site)}/{_seg(person)}/steps"
+        )["steps"]
+        return result
+
+    @staticmethod
+    def _campaign(site: str, campaign_id: str) -> str:
+        return f"/v1/campaigns/{_seg(site)}/{_seg(campaign_id)}"
 
     @staticmethod
     def _audience(site: str, audience_id: str) -> str:

@@ -14,6 +14,9 @@ from leadback.admin.members import MemberQueries
 from leadback.audiences.repository import AudienceRepository
 from leadback.audiences.rules import AudienceSpec
 from leadback.audiences.validation import check_site
+from leadback.campaigns.repository import CampaignRepository
+from leadback.dispatcher.ledger import Ledger
+from leadback.dispatcher.steps import StepStore
 from leadback.errors import AuthError
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
@@ -65,6 +68,9 @@ class AdminContext:
     store: ClickHouseStore
     members: MemberQueries
     tokens: tuple[bytes, ...]
+    campaigns: CampaignRepository
+    ledger: Ledger
+    steps: StepStore
 
     @property
     def repository(self) -> AudienceRepository:
@@ -95,9 +101,24 @@ def get_repository(ctx: Ctx) -> AudienceRepository:
     return ctx.repository
 
 
+def get_campaigns(ctx: Ctx) -> CampaignRepository:
+    return ctx.campaigns
+
+
+def get_ledger(ctx: Ctx) -> Ledger:
+    return ctx.ledger
+
+
+def get_steps(ctx: Ctx) -> StepStore:
+    return ctx.steps
+
+
 Engine = Annotated[AudienceOps, Depends(get_engine)]
 Members = Annotated[MemberQueries, Depends(get_members)]
 Repository = Annotated[AudienceRepository, Depends(get_repository)]
+Campaigns = Annotated[CampaignRepository, Depends(get_campaigns)]
+Deliveries = Annotated[Ledger, Depends(get_ledger)]
+Steps = Annotated[StepStore, Depends(get_steps)]
 
 _bearer = HTTPBearer(
     auto_error=False,

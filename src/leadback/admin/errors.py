@@ -2,8 +2,8 @@
 
 Every error body is :class:`~leadback.admin.schemas.ErrorBody` ``{error, detail, field}``: bad
 input 422 (a request FastAPI could not read as well as a bad definition), missing or wrong
-token 401, unknown site or audience 404, an audience still referred to 409, ClickHouse away 503
-with ``Retry-After``, anything else 500 (logged, never echoed).
+token 401, unknown site, audience or campaign 404, an audience still referred to 409,
+ClickHouse away 503 with ``Retry-After``, anything else 500 (logged, never echoed).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _STATUS = {"unauthorized": 401, "not_found": 404, "unknown_site": 404, "in_use":
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
-    404: {"model": ErrorBody, "description": "unknown site or audience"},
+    404: {"model": ErrorBody, "description": "unknown site, audience or campaign"},
     422: {"model": ErrorBody, "description": "invalid input"},
     503: {"model": ErrorBody, "description": "ClickHouse unavailable; see Retry-After"},
 }

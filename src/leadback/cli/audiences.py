@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from leadback.cli.common import one_line_errors, settings_or_exit
-from leadback.errors import ConfigError, InvalidInputError
+from leadback.cli.common import (
+    TokenOption,
+    UrlOption,
+    admin_client,
+    echo_table,
+    offline_errors,
+    one_line_errors,
+    read_document,
+    settings_or_exit,
+)
 
 if TYPE_CHECKING:
-    from leadback.admin.client import AdminClient
     from leadback.audiences.repository import Written
     from leadback.settings import Settings
 
@@ -24,64 +30,8 @@ audiences_app = typer.Typer(
 )
 
 
-UrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        envvar="LEADBACK_ADMIN_URL",
-        help="admin API base URL (default: http://<admin.host>:<admin.port> of the settings)",
-        show_default=False,
-    ),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="LEADBACK_ADMIN_TOKEN",
-        help="bearer token (default: the first of LEADBACK_ADMIN_TOKENS, or the generated one)",
-        show_default=False,
-    ),
-]
 SiteArg = Annotated[str, typer.Argument(help="site id")]
 AudienceArg = Annotated[str, typer.Argument(help="audience id")]
-
-
-def _admin_client(url: str | None, token: str | None) -> AdminClient:
-    from leadback.admin.client import AdminClient
-
-    if url is None or token is None:
-        settings = settings_or_exit()
-        if url is None:
-            if not settings.admin.port:
-                typer.echo("error: the admin API is off (admin.port = 0); give --url", err=True)
-                raise typer.Exit(1)
-            host = settings.admin.host
-            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-            url = f"http://{host}:{settings.admin.port}"
-        if token is None:
-            from leadback.admin.tokens import admin_tokens
-
-            try:
-                token = admin_tokens(settings)[0]
-            except ConfigError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1) from exc
-    return AdminClient(url, token)
-
-
-def _read_document(path: str) -> Any:
-    import yaml
-
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-        return yaml.safe_load(text)  # JSON is YAML too
-    except OSError as exc:
-        typer.echo(f"error: cannot read {path}: {exc.strerror}", err=True)
-        raise typer.Exit(1) from exc
-    except yaml.YAMLError as exc:
-        problem = " ".join(str(exc).split())
-        typer.echo(f"error: {path} is not valid YAML or JSON: {problem}", err=True)
-        raise typer.Exit(1) from exc
 
 
 @audiences_app.command("apply")
@@ -105,24 +55,18 @@ def audiences_apply(
     ] = False,
 ) -> None:
     """Create or update audiences. All are validated before any is written."""
-    document = _read_document(file)
+    document = read_document(file)
     if offline:
         settings = settings_or_exit()
-        with one_line_errors():
-            try:
-                written = asyncio.run(_apply_offline(settings, document))
-            except InvalidInputError as exc:  # named where the API's error names it
-                where = f" at {exc.field}" if exc.field else ""
-                detail = f": {exc.detail}" if exc.detail else ""
-                typer.echo(f"error: {exc.reason}{where}{detail}", err=True)
-                raise typer.Exit(1) from exc
+        with offline_errors():
+            written = asyncio.run(_apply_offline(settings, document))
         for w in written:
             status = "written" if w.changed else "unchanged"
             typer.echo(
                 f"{status} {w.stored.spec.site}/{w.stored.spec.id} (version {w.stored.version})"
             )
         return
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         for r in client.apply(document):
             typer.echo(f"{r['status']} {r['site']}/{r['id']} (version {r['version']})")
 
@@ -153,24 +97,23 @@ def audiences_list(
     token: TokenOption = None,
 ) -> None:
     """Audiences with their versions and member counts."""
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         found = client.list_audiences(site)
-    rows = [["SITE", "ID", "VERSION", "MEMBERS", "TTL", "LEVEL", "NAME"]]
-    rows += [
+    echo_table(
+        ["SITE", "ID", "VERSION", "MEMBERS", "TTL", "LEVEL", "NAME"],
         [
-            a["site"],
-            a["id"],
-            str(a["version"]),
-            str(a["members"]),
-            a["ttl"] or "-",
-            "product" if a["product_level"] else "person",
-            a["name"],
-        ]
-        for a in found
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+            [
+                a["site"],
+                a["id"],
+                str(a["version"]),
+                str(a["members"]),
+                a["ttl"] or "-",
+                "product" if a["product_level"] else "person",
+                a["name"],
+            ]
+            for a in found
+        ],
+    )
 
 
 @audiences_app.command("show")
@@ -180,7 +123,7 @@ def audiences_show(
     """One definition as YAML, with its version and size."""
     import yaml
 
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         a = client.show(site, audience_id)
     typer.echo(
         f"# {a['site']}/{a['id']}: version {a['version']}, {a['size']} members, "
@@ -194,7 +137,7 @@ def audiences_delete(
     site: SiteArg, audience_id: AudienceArg, url: UrlOption = None, token: TokenOption = None
 ) -> None:
     """Delete an audience; its members exit."""
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         r = client.delete(site, audience_id)
     typer.echo(f"deleted {site}/{audience_id} (version {r['version']})")
 
@@ -204,7 +147,7 @@ def audiences_explain(
     site: SiteArg, audience_id: AudienceArg, url: UrlOption = None, token: TokenOption = None
 ) -> None:
     """The ClickHouse SQL an audience compiles to."""
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         r = client.explain(site, audience_id)
     typer.echo(
         f"-- rule\n{r['rule']}\n\n-- who qualifies\n{r['members']}\n\n"
@@ -223,7 +166,7 @@ def audiences_members(
     """Members as tab-separated lines: visitor id, entered at, products."""
     shown = 0
     cursor: str | None = None
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         while shown < limit:
             page = client.members(site, audience_id, limit=min(limit - shown, 1000), cursor=cursor)
             for m in page["members"]:
@@ -253,7 +196,7 @@ def audiences_export(
         raise typer.Exit(2)
     sink = output.open("wb") if output is not None else typer.get_binary_stream("stdout")
     try:
-        with one_line_errors(), _admin_client(url, token) as client:
+        with one_line_errors(), admin_client(url, token) as client:
             for chunk in client.export(site, audience_id, fmt=fmt):
                 sink.write(chunk)
     except typer.Exit:
@@ -279,7 +222,7 @@ def erase(
     if (visitor is None) == (user is None):
         typer.echo("error: give exactly one of --visitor or --user", err=True)
         raise typer.Exit(2)
-    with one_line_errors(), _admin_client(url, token) as client:
+    with one_line_errors(), admin_client(url, token) as client:
         r = client.erase(site, visitor_id=visitor, user_id=user)
     typer.echo(
         f"erased on {site}: {len(r['persons'])} person(s), {len(r['visitors'])} visitor id(s), "

@@ -1,4 +1,5 @@
-"""``leadback up``, ``ingest``, ``segmenter``, ``sql``: run the services, query the store."""
+"""``leadback up``, ``ingest``, ``segmenter``, ``dispatcher``, ``sql``: run the services, query
+the store."""
 
 from __future__ import annotations
 
@@ -52,6 +53,21 @@ def segmenter() -> None:
     settings = settings_or_exit()
     try:
         asyncio.run(run_segmenter(settings))
+    except LeadbackError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def dispatcher() -> None:
+    """Run one dispatcher process (a member of its consumer group).
+
+    For ClickHouse over HTTP; with chDB the dispatcher runs inside the segmenter's process.
+    """
+    from leadback.dispatcher.service import run_dispatcher
+
+    settings = settings_or_exit()
+    try:
+        asyncio.run(run_dispatcher(settings))
     except LeadbackError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
