@@ -30,6 +30,8 @@ from tests.integration.helpers import count, run_segmenter, wait_for
 
 pytestmark = pytest.mark.integration
 
+BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"}  # not a bot
+
 AUDIENCES = """
 audiences:
   - id: carts
@@ -86,7 +88,7 @@ async def dispatching(settings: Settings, store: ClickHouseStore) -> AsyncIterat
 
 
 async def visit(base: str, *pixels: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(base_url=base, timeout=10)
+    client = httpx.AsyncClient(base_url=base, timeout=10, headers=BROWSER)
     for query in pixels:
         r = await client.get(f"/p.gif?site=demo&{query}")
         assert r.status_code == 200
