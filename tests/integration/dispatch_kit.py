@@ -151,7 +151,12 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def harness(
-    settings: Settings, store: ClickHouseStore, *, start: float = 1_800_000_000.0
+    settings: Settings,
+    store: ClickHouseStore,
+    *,
+    start: float = 1_800_000_000.0,
+    cipher: ContactCipher | None = None,
+    **dispatcher_settings: object,
 ) -> AsyncIterator[Harness]:
     await migrate(store)
     clock = ManualClock(start)
@@ -165,7 +170,7 @@ async def harness(
     await engine.start()
     dead = KafkaRecordProducer(**producer_options(settings.kafka, bootstrap, embedded=True))
     await dead.start()
-    cipher = ContactCipher([ContactCipher.generate_key()])
+    cipher = cipher or ContactCipher([ContactCipher.generate_key()])
 
     def consumer(on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> Consumer:
         return GroupConsumer(
@@ -178,7 +183,7 @@ async def harness(
         )
 
     dispatcher = Dispatcher(
-        settings.dispatcher.model_copy(update={"timer_interval_ms": 60_000}),
+        settings.dispatcher.model_copy(update={"timer_interval_ms": 60_000, **dispatcher_settings}),
         topic=settings.kafka.topic_changes,
         store=store,
         consumer_factory=consumer,

@@ -436,6 +436,7 @@ def delivery(n: str, status: str, at_s: float, **fields: Any) -> DeliveryRow:
         "destination_id": "mail",
         "status": status,
         "at_ms": int((T0 + at_s) * 1000),
+        "seq": int((T0 + at_s) * 1000),  # orders a delivery's rows
     }
     return DeliveryRow(**{**base, **fields})
 

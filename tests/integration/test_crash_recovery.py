@@ -70,6 +70,7 @@ def segmenter_env(settings: Settings, chdb: Path, **extra: str) -> dict[str, str
         LEADBACK_SEGMENTER_BATCH_MAX_EVENTS="400",
         LEADBACK_SEGMENTER_METRICS_PORT="0",
         LEADBACK_ADMIN_PORT="0",
+        LEADBACK_DISPATCHER_ENABLED="false",  # the dispatcher's crash tests are its own
         LEADBACK_KAFKA_TOPIC_CHANGES=settings.kafka.topic_changes,
         LEADBACK_SEGMENTER_DRAIN_ON_SHUTDOWN="true",
         LEADBACK_LOG_LEVEL="info",

@@ -36,6 +36,7 @@ class Book:
         self._channels: dict[str, Channel] = {}
         self._broken: dict[str, str] = {}  # destination -> why its channel cannot be built
         self._retired: list[Channel] = []
+        self.generation = 0  # grows with every reload
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Reload if anything changed; returns whether it did."""
@@ -60,6 +61,7 @@ class Book:
             by_audience.setdefault((live.spec.site, live.spec.audience), []).append(live)
         self._by_audience = by_audience
         self._stamp = stamp
+        self.generation += 1
         log.info(
             "campaign definitions loaded",
             campaigns=len(self._campaigns),
@@ -73,6 +75,14 @@ class Book:
 
     def campaign(self, site: str, campaign_id: str) -> LiveCampaign | None:
         return self._campaigns.get((site, campaign_id))
+
+    def sites_using(self, destination: str) -> set[str]:
+        """Sites whose campaigns have a step on ``destination``."""
+        return {
+            c.spec.site
+            for c in self._campaigns.values()
+            if any(step.destination == destination for step in c.spec.steps)
+        }
 
     def channel_kind(self, destination: str) -> str | None:
         config = self.destinations.get(destination)

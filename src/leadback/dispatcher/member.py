@@ -21,6 +21,7 @@ from leadback.dispatcher.planner import ChangePlanner, Revisions
 from leadback.dispatcher.recipients import RecipientLoader
 from leadback.dispatcher.scheduler import Scheduler
 from leadback.dispatcher.steps import StepStore
+from leadback.dispatcher.telegram_webhooks import register_telegram_webhooks
 from leadback.errors import RetryableError
 from leadback.identity.contacts import ContactCipher
 from leadback.kafka.producer import RecordProducer
@@ -69,6 +70,8 @@ class Dispatcher:
     ) -> None:
         clock = clock or SystemClock()
         self._settings = settings
+        self._signer = signer
+        self._webhooks_for = -1  # the book generation Telegram webhooks were set for
         self._clock = clock
         lock = asyncio.Lock()
         revisions = Revisions(clock)
@@ -132,6 +135,11 @@ class Dispatcher:
         while not stop.is_set():
             try:
                 await self.scheduler.run_pass()
+                if self.book.generation != self._webhooks_for and 0 in self.assignment:
+                    self._webhooks_for = self.book.generation
+                    await register_telegram_webhooks(
+                        self.book, self._signer, self._settings.public_url
+                    )
             except RetryableError as exc:
                 log.warning("dispatch pass failed; retrying", error=str(exc))
             try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from leadback import failpoints
 from leadback.campaigns.definitions import QuietHours
 from leadback.campaigns.templates import TemplateRenderError
 from leadback.clock import Clock
@@ -160,6 +161,8 @@ class Scheduler:
                 await self._dead.publish(p.dead)
                 self.stats.dead += len(p.dead)
             self.in_flight.update(p.flights)
+            if p.flights:
+                failpoints.hit("dispatcher.after_intent")
             for destination, messages in p.messages.items():
                 self._queue(destination).submit(messages)
         self.stats.passes += 1
@@ -441,6 +444,7 @@ class Scheduler:
         return len(results)
 
     async def _record_outcomes(self, results: Sequence[tuple[Message, SendResult]]) -> None:
+        failpoints.hit("dispatcher.after_send")  # the window: accepted, outcome not written
         now = self._rev.now_ms()
         steps: list[StepRow] = []
         rows: list[DeliveryRow] = []
@@ -543,6 +547,7 @@ class Scheduler:
             self.stats.dead += len(dead)
         for did in done:
             self.in_flight.pop(did, None)
+        failpoints.hit("dispatcher.after_outcome")
 
     def _forget(
         self,
