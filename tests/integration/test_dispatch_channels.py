@@ -100,6 +100,7 @@ async def world(
         serve_push_service() as push,
         harness(topics, store, cipher=cipher, allow_private_targets=True) as h,
     ):
+        push.now = h.clock.now  # the VAPID token's expiry is checked against the test's clock
         await h.apply_audiences(AUDIENCES)
         await h.apply_campaigns(campaigns(smtp, twilio_url, telegram_url, public))
         yield h, smtp, twilio, telegram, push
