@@ -156,9 +156,9 @@ async def test_each_channel_reaches_the_person_once(
     assert [(m["chat_id"], m["text"]) for m in telegram.sent] == [
         (4242, "Still thinking, gold member?")
     ]
-    assert [
-        {k: p.payload[k] for k in ("title", "body", "url")} for p in push.received
-    ] == [{"title": "Your cart", "body": "2 items", "url": "https://s.example/c"}]
+    assert [{k: p.payload[k] for k in ("title", "body", "url")} for p in push.received] == [
+        {"title": "Your cart", "body": "2 items", "url": "https://s.example/c"}
+    ]
     for campaign in ("by-mail", "by-sms", "by-bot", "by-push"):
         assert (await h.statuses(campaign)) == {"sent": [("v1", 0)]}, campaign
 
