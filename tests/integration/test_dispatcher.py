@@ -4,6 +4,7 @@ tested against its provider's fake in its own tests)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -136,3 +137,30 @@ async def test_transient_failures_are_retried_and_permanent_ones_go_dead(h: Harn
     assert [(d["person_id"], d["reason"], d["http_status"], d["response"]) for d in dead] == [
         ("v2", "http_400", 400, "nope")
     ]
+
+
+async def test_a_slow_failing_destination_does_not_delay_the_others(h: Harness) -> None:
+    await h.apply_campaigns(
+        CAMPAIGNS
+        + """
+  - id: slow-one
+    site: demo
+    audience: cart_abandoners
+    steps: [{wait: 1h, destination: other}]
+"""
+    )
+    other = h.dispatcher.book.channel("other")
+    assert isinstance(other, FakeChannel)
+    other.delay_s = 5.0
+    other.answer = lambda m: DestinationUnavailable("http_503", status=503)
+    people = [f"v{i}" for i in range(30)]
+    await abandon(h, *people)
+    h.clock.advance(HOUR)
+    await h.engine.tick()
+    started = asyncio.get_running_loop().time()
+    await h.dispatcher.scheduler.run_pass()
+    while len(hook(h).messages) < len(people):
+        assert asyncio.get_running_loop().time() - started < 2.0, "the fast destination waited"
+        await asyncio.sleep(0.02)
+    assert not other.messages  # still stuck in its own call
+    assert h.dispatcher.scheduler.backlog("other") == len(people)
