@@ -127,9 +127,14 @@ async def test_an_unsubscribe_signal_suppresses_the_person(evening: Harness) -> 
 async def test_erasure_cancels_pending_steps_and_suppresses(evening: Harness) -> None:
     h = evening
     await abandon(h, "v4")
+    assert (await h.statuses("cart-a")) == {}
+    pending = await h.store.query(f"SELECT count() FROM {h.store.database}.campaign_steps")
+    assert pending[0][0] == 2  # cart-a and cart-b
     await h.engine.erase("demo", visitor_id="v4", user_id=None)
     await h.planned(2)  # the erasure's exit
-    assert (await h.statuses("cart-a")) == {"cancelled": [("v4", 0)]}
+    for table in ("campaign_steps", "deliveries"):  # nothing of theirs is kept
+        rows = await h.store.query(f"SELECT count() FROM {h.store.database}.{table}")
+        assert rows[0][0] == 0, table
     await abandon(h, "v4")  # back after the erasure: a new membership
     await h.later(11 * HOUR)
     await h.settle()

@@ -1,5 +1,6 @@
 """Erasure requests: a visitor or user leaves every audience (exits published first), then their
-events, identity, contact details, memberships, timers and logged changes are deleted."""
+events, identity, contact details, memberships, timers, logged changes, scheduled campaign
+steps, deliveries and channel addresses are deleted."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ _ERASED = (
     ("memberships", "person_id", "p"),
     ("audience_due", "person_id", "p"),
     ("audience_changes", "person_id", "p"),
+    # The dispatcher's: scheduled steps, the delivery log, channel addresses. A suppression
+    # of the erased person stays (the dispatcher writes it on the erasure's exit).
+    ("campaign_steps", "person_id", "p"),
+    ("deliveries", "person_id", "p"),
+    ("push_subscriptions", "visitor_id", "v"),
+    ("telegram_chats", "visitor_id", "v"),
 )
 
 
