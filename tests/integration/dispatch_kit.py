@@ -120,7 +120,7 @@ class Harness:
             await asyncio.sleep(0.02)
             if not self.dispatcher.scheduler.in_flight:
                 break
-        await self.dispatcher.scheduler.flush_outcomes()
+        await self.dispatcher.scheduler.outcomes.flush()
 
     async def apply_audiences(self, text: str) -> None:
         for spec in parse_audiences(yaml.safe_load(text)):

@@ -120,7 +120,7 @@ class Dispatcher:
         await self.book.refresh(force=True)
         tasks = [
             asyncio.create_task(self._timer(stop), name="dispatcher-timer"),
-            asyncio.create_task(self.scheduler.run_outcomes(stop), name="dispatcher-outcomes"),
+            asyncio.create_task(self.scheduler.outcomes.run(stop), name="dispatcher-outcomes"),
         ]
         try:
             await self._loop.run(stop)
@@ -151,7 +151,7 @@ class Dispatcher:
     async def tick(self) -> int:
         """One timer pass and one outcome flush, now (tests drive time with a manual clock)."""
         decided = await self.scheduler.run_pass()
-        await self.scheduler.flush_outcomes()
+        await self.scheduler.outcomes.flush()
         return decided
 
     @property

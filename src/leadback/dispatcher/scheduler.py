@@ -4,15 +4,14 @@ A pass (on the partitions this member owns) takes the pending steps that came du
 people in bulk, and decides each step in due order: cancelled (campaign gone, no longer a
 member), suppressed, no consent, no address, deferred (quiet hours; a cap with ``on_cap:
 delay``), capped, or sent. For a send it writes the intent (``sending`` in the ledger) before
-handing the message to its destination's queue. Results come back through :meth:`on_results`
-and are written in batches: ``sent``; ``retrying`` with the step due again after a backoff;
-``failed`` (and the dead topic) when the error is permanent or the attempts are spent.
+handing the message to its destination's queue. Results come back to
+:class:`~leadback.dispatcher.outcomes.OutcomeRecorder`, which writes them in batches.
 
 **At most once, and the window.** A step is sent only by the member owning its partition, and
 only once while it is in flight here. The window in which a message can go twice: a crash (or
 a partition moving) after the provider accepted it and before its outcome is written (the
-provider call plus at most ``OUTCOME_FLUSH_S``). The step is still pending then, so the next
-owner sends it again, with the same ``delivery_id`` (webhook ``webhook-id``, e-mail
+provider call plus at most ``outcomes.OUTCOME_FLUSH_S``). The step is still pending then, so
+the next owner sends it again, with the same ``delivery_id`` (webhook ``webhook-id``, e-mail
 ``Message-ID``), so receivers that deduplicate drop it. Nothing is lost: a step is done only
 once an outcome is written.
 """
@@ -21,9 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
 from zoneinfo import ZoneInfo
 
 from leadback import failpoints
@@ -31,60 +29,33 @@ from leadback.campaigns.definitions import QuietHours
 from leadback.campaigns.templates import TemplateRenderError
 from leadback.clock import Clock
 from leadback.destinations.base import (
-    Delivered,
-    DestinationError,
-    DestinationUnavailable,
     Message,
-    RecipientGone,
-    SendResult,
 )
 from leadback.destinations.config import DestinationConfig
 from leadback.dispatcher.book import Book, LiveCampaign
 from leadback.dispatcher.compose import Composer, address
-from leadback.dispatcher.dead_letters import DeadLetters, DeadRecord, dead_record
-from leadback.dispatcher.feedback import FeedbackWriter, Suppression
+from leadback.dispatcher.dead_letters import DeadLetters, DeadRecord
+from leadback.dispatcher.feedback import FeedbackWriter
 from leadback.dispatcher.ledger import DeliveryRow, Ledger
+from leadback.dispatcher.outcomes import OutcomeRecorder
 from leadback.dispatcher.planner import Revisions
 from leadback.dispatcher.policy import (
     cap_wait_ms,
     quiet_until_ms,
-    retry_delay_s,
     zone,
 )
 from leadback.dispatcher.recipients import Person, RecipientLoader
-from leadback.dispatcher.sender import DestinationQueue
-from leadback.dispatcher.steps import DONE, PENDING, StepRow, StepStore, row_delivery_id
-from leadback.errors import ConfigError, LeadbackError
+from leadback.dispatcher.records import DispatchStats, InFlight, dead_from, delivery_row
+from leadback.dispatcher.sender import BrokenChannel, DestinationQueue
+from leadback.dispatcher.steps import DONE, StepRow, StepStore, row_delivery_id
+from leadback.errors import ConfigError
 from leadback.logs import get_logger
 from leadback.settings import DispatcherSettings
 
 log = get_logger(__name__)
 
-OUTCOME_FLUSH_S = 0.05
 PASS_LIMIT = 5_000
 MAX_BACKLOG_PER_DESTINATION = 20_000
-
-
-@dataclass
-class InFlight:
-    row: StepRow
-    campaign_version: int
-    channel: str
-    destination: str
-    forget: dict[str, str]  # how to forget the address if it is gone
-    traits: dict[str, object]
-
-
-@dataclass
-class SchedulerStats:
-    passes: int = 0
-    decided: dict[str, int] = field(default_factory=dict)  # status -> count
-    outcomes: dict[str, int] = field(default_factory=dict)  # channel:status -> count
-    latencies_ms: list[float] = field(default_factory=list)  # change -> provider accepted
-    dead: int = 0
-
-    def count(self, table: dict[str, int], key: str, n: int = 1) -> None:
-        table[key] = table.get(key, 0) + n
 
 
 @dataclass
@@ -133,9 +104,20 @@ class Scheduler:
         self.queues: dict[str, DestinationQueue] = {}
         self._queue_configs: dict[str, DestinationConfig] = {}
         self.in_flight: dict[str, InFlight] = {}
-        self._results: list[tuple[Message, SendResult]] = []
-        self._results_ready = asyncio.Event()
-        self.stats = SchedulerStats()
+        self.stats = DispatchStats()
+        self.outcomes = OutcomeRecorder(
+            book=book,
+            steps=steps,
+            ledger=ledger,
+            feedback=feedback,
+            dead=dead,
+            revisions=revisions,
+            lock=lock,
+            settings=settings,
+            in_flight=self.in_flight,
+            stats=self.stats,
+            rng=self._rng,
+        )
 
     # -- the pass -----------------------------------------------------------------------
 
@@ -306,29 +288,18 @@ class Scheduler:
         *,
         reason: str = "",
         attempt: int = 0,
-        error: DestinationError | None = None,
-        provider_id: str = "",
     ) -> DeliveryRow:
-        return DeliveryRow(
-            delivery_id=_did(r),
-            site_id=r.site_id,
-            campaign_id=r.campaign_id,
-            campaign_version=live.version if live else 0,
-            person_id=r.person_id,
-            audience_id=r.audience_id,
-            membership_version=r.membership_version,
-            step=r.step,
-            channel=kind,
-            destination_id=destination,
-            status=status,
-            at_ms=at_ms,
+        version = live.version if live else 0
+        return delivery_row(
+            r,
+            version,
+            kind,
+            destination,
+            status,
+            at_ms,
+            self._rev.next(),
             reason=reason,
             attempt=attempt,
-            http_status=(error.status or 0) if error else 0,
-            response=error.response if error else "",
-            provider_id=provider_id,
-            change_at=r.change_at,
-            seq=self._rev.next(),
         )
 
     def _finish(
@@ -346,35 +317,8 @@ class Scheduler:
         p.steps.append(r.moved(self._rev.next(), state=DONE, reason=status))
         p.ledger.append(self._row(r, live, kind, destination, status, p.now, reason=reason))
         if dead:
-            p.dead.append(self._dead_record(r, kind, destination, reason, "", None, "", p.now))
+            p.dead.append(dead_from(r, kind, destination, reason, p.now))
         self.stats.count(self.stats.decided, status)
-
-    def _dead_record(
-        self,
-        r: StepRow,
-        kind: str,
-        destination: str,
-        reason: str,
-        detail: str,
-        status: int | None,
-        response: str,
-        at_ms: int,
-    ) -> DeadRecord:
-        return dead_record(
-            delivery_id=_did(r),
-            site_id=r.site_id,
-            campaign_id=r.campaign_id,
-            person_id=r.person_id,
-            step=r.step,
-            channel=kind,
-            destination_id=destination,
-            reason=reason,
-            detail=detail,
-            http_status=status,
-            response=response,
-            attempts=r.attempt + 1,
-            at_ms=at_ms,
-        )
 
     # -- queues -------------------------------------------------------------------------
 
@@ -386,7 +330,7 @@ class Scheduler:
         try:
             channel = self._book.channel(destination)
         except ConfigError:
-            channel = _BrokenChannel(destination)  # every send comes back unavailable
+            channel = BrokenChannel(destination)  # every send comes back unavailable
         if queue is not None:
             asyncio.get_running_loop().create_task(queue.close())
         queue = DestinationQueue(
@@ -396,7 +340,7 @@ class Scheduler:
             rate_per_s=config.rate_per_s,
             timeout_s=config.timeout_s * 2,
             clock=self._clock,
-            on_result=self.on_results,
+            on_result=self.outcomes.on_results,
         )
         self.queues[destination] = queue
         self._queue_configs[destination] = config
@@ -406,173 +350,6 @@ class Scheduler:
         queue = self.queues.get(destination)
         return queue.backlog if queue else 0
 
-    # -- outcomes -----------------------------------------------------------------------
-
-    async def on_results(self, results: Sequence[tuple[Message, SendResult]]) -> None:
-        """A queue's results: kept until the next flush (never raises)."""
-        self._results.extend(results)
-        self._results_ready.set()
-
-    async def run_outcomes(self, stop: asyncio.Event) -> None:
-        """Write results in batches until ``stop``; a failed write is retried."""
-        while not stop.is_set():
-            try:
-                async with asyncio.timeout(0.5):
-                    await self._results_ready.wait()
-            except TimeoutError:
-                continue
-            await asyncio.sleep(OUTCOME_FLUSH_S)  # gather a batch
-            try:
-                await self.flush_outcomes()
-            except LeadbackError as exc:
-                log.warning("could not record outcomes; retrying", error=str(exc))
-                await asyncio.sleep(1.0)
-
-    async def flush_outcomes(self) -> int:
-        """Write the results received so far; returns how many."""
-        results, self._results = self._results, []
-        self._results_ready.clear()
-        if not results:
-            return 0
-        try:
-            async with self._lock:  # a pass must not see a step between its write and pop
-                await self._record_outcomes(results)
-        except BaseException:
-            self._results[:0] = results  # kept for the next try
-            self._results_ready.set()
-            raise
-        return len(results)
-
-    async def _record_outcomes(self, results: Sequence[tuple[Message, SendResult]]) -> None:
-        failpoints.hit("dispatcher.after_send")  # the window: accepted, outcome not written
-        now = self._rev.now_ms()
-        steps: list[StepRow] = []
-        rows: list[DeliveryRow] = []
-        dead: list[DeadRecord] = []
-        suppress: list[Suppression] = []
-        push_gone: dict[str, list[tuple[str, str]]] = {}
-        chat_gone: dict[str, list[tuple[str, str]]] = {}
-        done: list[str] = []
-        for message, result in results:
-            flight = self.in_flight.get(message.delivery_id)
-            if flight is None:
-                continue
-            done.append(message.delivery_id)
-            r, kind, dest = flight.row, flight.channel, flight.destination
-            live = self._book.campaign(r.site_id, r.campaign_id)
-            attempt = r.attempt + 1
-            if isinstance(result, Delivered):
-                steps.append(r.moved(self._rev.next(), state=DONE, reason="sent"))
-                rows.append(
-                    self._row(
-                        r,
-                        live,
-                        kind,
-                        dest,
-                        "sent",
-                        now,
-                        attempt=attempt,
-                        provider_id=result.provider_id or "",
-                    )
-                )
-                self.stats.latencies_ms.append(now - r.change_at)
-                self.stats.count(self.stats.outcomes, f"{kind}:sent")
-                continue
-            error = result
-            retry = isinstance(error, DestinationUnavailable)
-            if retry and attempt < self._settings.max_attempts:
-                assert isinstance(error, DestinationUnavailable)
-                delay = retry_delay_s(
-                    attempt,
-                    initial_s=self._settings.backoff_initial_s,
-                    max_s=self._settings.backoff_max_s,
-                    retry_after=error.retry_after,
-                    rng=self._rng,
-                )
-                steps.append(
-                    r.moved(
-                        self._rev.next(),
-                        state=PENDING,
-                        reason=error.reason,
-                        attempt=attempt,
-                        due_at=now + int(delay * 1000),
-                    )
-                )
-                rows.append(
-                    self._row(
-                        r,
-                        live,
-                        kind,
-                        dest,
-                        "retrying",
-                        now,
-                        reason=error.reason,
-                        attempt=attempt,
-                        error=error,
-                    )
-                )
-                self.stats.count(self.stats.outcomes, f"{kind}:retrying")
-                continue
-            steps.append(r.moved(self._rev.next(), state=DONE, reason="failed"))
-            rows.append(
-                self._row(
-                    r,
-                    live,
-                    kind,
-                    dest,
-                    "failed",
-                    now,
-                    reason=error.reason,
-                    attempt=attempt,
-                    error=error,
-                )
-            )
-            dead.append(
-                self._dead_record(
-                    r, kind, dest, error.reason, error.detail, error.status, error.response, now
-                )
-            )
-            self.stats.count(self.stats.outcomes, f"{kind}:failed")
-            if isinstance(error, RecipientGone):
-                self._forget(error, flight, suppress, push_gone, chat_gone)
-        await self._ledger.record(rows)
-        await self._steps.write(steps)
-        await self._feedback.suppress(suppress, at_ms=now)
-        for site, subs in push_gone.items():
-            await self._feedback.push_gone(site, subs, at_ms=now)
-        for site, chats in chat_gone.items():
-            await self._feedback.chat_gone(site, chats, at_ms=now)
-        if dead:
-            await self._dead.publish(dead)
-            self.stats.dead += len(dead)
-        for did in done:
-            self.in_flight.pop(did, None)
-        failpoints.hit("dispatcher.after_outcome")
-
-    def _forget(
-        self,
-        error: RecipientGone,
-        flight: InFlight,
-        suppress: list[Suppression],
-        push_gone: dict[str, list[tuple[str, str]]],
-        chat_gone: dict[str, list[tuple[str, str]]],
-    ) -> None:
-        r, kind = flight.row, flight.channel
-        if error.why == "subscription_gone":
-            push_gone.setdefault(r.site_id, []).append(
-                (flight.forget["visitor"], flight.forget["endpoint_sha256"])
-            )
-        elif error.why == "blocked" and kind == "telegram":
-            chat_gone.setdefault(r.site_id, []).append(
-                (flight.forget["visitor"], flight.destination)
-            )
-        elif error.why in ("unsubscribed", "hard_bounce", "blocked", "invalid_address"):
-            suppress.append(Suppression(r.site_id, f"person:{r.person_id}", kind, error.why))
-            contact = {"email": "email", "sms": "phone"}.get(kind)
-            digest = flight.traits.get(f"{contact}_sha256") if contact else None
-            if isinstance(digest, str):
-                suppress.append(Suppression(r.site_id, f"{contact}:{digest}", kind, error.why))
-
     async def close(self) -> None:
         for queue in self.queues.values():
             await queue.close()
@@ -581,23 +358,3 @@ class Scheduler:
 
 def _did(r: StepRow) -> str:
     return row_delivery_id(r)
-
-
-class _BrokenChannel:
-    """A destination whose channel cannot be built (a secret is missing): every message comes
-    back unavailable, so it is retried with backoff and reaches the dead topic in the end."""
-
-    kind: Final = "webhook"
-    max_batch = 100
-
-    def __init__(self, destination: str) -> None:
-        self._destination = destination
-
-    async def send_batch(self, messages: Sequence[Message]) -> list[SendResult]:
-        error = DestinationUnavailable(
-            "destination_misconfigured", f"destination {self._destination!r} cannot be built"
-        )
-        return [error] * len(messages)
-
-    async def aclose(self) -> None:
-        return None

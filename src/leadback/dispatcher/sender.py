@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from leadback.clock import Clock
 from leadback.destinations.base import (
@@ -142,3 +143,24 @@ class DestinationQueue:
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+class BrokenChannel:
+    """Stands in for a destination whose channel cannot be built (a secret is missing): every
+    message comes back unavailable, so it is retried with backoff and reaches the dead topic in
+    the end, while the operator fixes the secret."""
+
+    kind: Final = "webhook"
+    max_batch = 100
+
+    def __init__(self, destination: str) -> None:
+        self._destination = destination
+
+    async def send_batch(self, messages: Sequence[Message]) -> list[SendResult]:
+        error = DestinationUnavailable(
+            "destination_misconfigured", f"destination {self._destination!r} cannot be built"
+        )
+        return [error] * len(messages)
+
+    async def aclose(self) -> None:
+        return None

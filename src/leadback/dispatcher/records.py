@@ -1,0 +1,97 @@
+"""What the timer pass and the outcome writer share: the messages in flight, the counters,
+and how a step becomes a ledger row or a dead record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from leadback.destinations.base import DestinationError
+from leadback.dispatcher.dead_letters import DeadRecord, dead_record
+from leadback.dispatcher.ledger import DeliveryRow
+from leadback.dispatcher.steps import StepRow, row_delivery_id
+
+
+@dataclass
+class InFlight:
+    row: StepRow
+    campaign_version: int
+    channel: str
+    destination: str
+    forget: dict[str, str]  # how to forget the address if it is gone
+    traits: dict[str, object]
+
+
+@dataclass
+class DispatchStats:
+    passes: int = 0
+    decided: dict[str, int] = field(default_factory=dict)  # status -> count
+    outcomes: dict[str, int] = field(default_factory=dict)  # channel:status -> count
+    latencies_ms: list[float] = field(default_factory=list)  # change -> provider accepted
+    dead: int = 0
+
+    def count(self, table: dict[str, int], key: str, n: int = 1) -> None:
+        table[key] = table.get(key, 0) + n
+
+
+def delivery_row(
+    r: StepRow,
+    campaign_version: int,
+    kind: str,
+    destination: str,
+    status: str,
+    at_ms: int,
+    seq: int,
+    *,
+    reason: str = "",
+    attempt: int = 0,
+    error: DestinationError | None = None,
+    provider_id: str = "",
+) -> DeliveryRow:
+    """The ledger row of one decision or attempt about step ``r``."""
+    return DeliveryRow(
+        delivery_id=row_delivery_id(r),
+        site_id=r.site_id,
+        campaign_id=r.campaign_id,
+        campaign_version=campaign_version,
+        person_id=r.person_id,
+        audience_id=r.audience_id,
+        membership_version=r.membership_version,
+        step=r.step,
+        channel=kind,
+        destination_id=destination,
+        status=status,
+        at_ms=at_ms,
+        reason=reason,
+        attempt=attempt,
+        http_status=(error.status or 0) if error else 0,
+        response=error.response if error else "",
+        provider_id=provider_id,
+        change_at=r.change_at,
+        seq=seq,
+    )
+
+
+def dead_from(
+    r: StepRow,
+    kind: str,
+    destination: str,
+    reason: str,
+    at_ms: int,
+    error: DestinationError | None = None,
+) -> DeadRecord:
+    """The dead-topic record of step ``r`` failed for good (``error``: the last answer)."""
+    return dead_record(
+        delivery_id=row_delivery_id(r),
+        site_id=r.site_id,
+        campaign_id=r.campaign_id,
+        person_id=r.person_id,
+        step=r.step,
+        channel=kind,
+        destination_id=destination,
+        reason=reason,
+        detail=error.detail if error else "",
+        http_status=error.status if error else None,
+        response=error.response if error else "",
+        attempts=r.attempt + 1,
+        at_ms=at_ms,
+    )
