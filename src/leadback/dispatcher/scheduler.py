@@ -129,8 +129,10 @@ class Scheduler:
         await self._book.refresh()
         async with self._lock:
             p = _Pass(self._rev.now_ms())
-            due = await self._steps.due(owned, p.now, PASS_LIMIT)
-            due = [r for r in due if _did(r) not in self.in_flight]
+            # Steps in flight are still pending and, being due earlier, come first: read past
+            # them, or a destination with PASS_LIMIT steps in flight starves every other one.
+            due = await self._steps.due(owned, p.now, PASS_LIMIT + len(self.in_flight))
+            due = [r for r in due if _did(r) not in self.in_flight][:PASS_LIMIT]
             by_site: dict[str, list[StepRow]] = {}
             for r in due:
                 by_site.setdefault(r.site_id, []).append(r)
