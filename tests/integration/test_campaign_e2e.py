@@ -133,9 +133,8 @@ async def test_pixels_to_one_email_then_unsubscribe_and_purchase_stop_the_rest(
             html = mail.get_body(("html",))
             assert html is not None and "gold fan" in html.get_content()
             # Ann unsubscribes with one click; Bob buys.
-            r = await httpx.AsyncClient(timeout=10).post(
-                link.group(1), data={"List-Unsubscribe": "One-Click"}
-            )
+            async with httpx.AsyncClient(timeout=10) as mail_client:
+                r = await mail_client.post(link.group(1), data={"List-Unsubscribe": "One-Click"})
             assert r.status_code == 200
             r = await bob.get("/p.gif?site=demo&type=purchase")
             assert r.status_code == 200

@@ -43,7 +43,7 @@ async def drained(h: Harness, destination: str) -> None:
         if not h.dispatcher.scheduler.backlog(destination):
             break
         await asyncio.sleep(0.02)
-    await h.dispatcher.scheduler.flush_outcomes()
+    await h.dispatcher.scheduler.outcomes.flush()
 
 
 @pytest.fixture

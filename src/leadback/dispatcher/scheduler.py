@@ -47,7 +47,14 @@ from leadback.dispatcher.policy import (
 from leadback.dispatcher.recipients import Person, RecipientLoader
 from leadback.dispatcher.records import DispatchStats, InFlight, dead_from, delivery_row
 from leadback.dispatcher.sender import BrokenChannel, DestinationQueue
-from leadback.dispatcher.steps import DONE, StepRow, StepStore, row_delivery_id
+from leadback.dispatcher.steps import (
+    DONE,
+    ORPHAN_AFTER_MS,
+    SENDING,
+    StepRow,
+    StepStore,
+    row_delivery_id,
+)
 from leadback.errors import ConfigError
 from leadback.logs import get_logger
 from leadback.settings import DispatcherSettings
@@ -55,6 +62,7 @@ from leadback.settings import DispatcherSettings
 log = get_logger(__name__)
 
 PASS_LIMIT = 5_000
+STALE_CHECK_MS = 60_000
 MAX_BACKLOG_PER_DESTINATION = 20_000
 
 
@@ -101,6 +109,10 @@ class Scheduler:
         self._clock = clock
         self._assignment = assignment
         self._rng = rng or random.Random()
+        # Partition -> when this member got it. Steps marked `sending` before then were left
+        # by an earlier process (or owner): their outcome is unknown, they are sent again.
+        self._assigned_at: dict[int, int] = {}
+        self._stale_check_at = 0
         self.queues: dict[str, DestinationQueue] = {}
         self._queue_configs: dict[str, DestinationConfig] = {}
         self.in_flight: dict[str, InFlight] = {}
@@ -129,10 +141,18 @@ class Scheduler:
         await self._book.refresh()
         async with self._lock:
             p = _Pass(self._rev.now_ms())
-            # Steps in flight are still pending and, being due earlier, come first: read past
-            # them, or a destination with PASS_LIMIT steps in flight starves every other one.
-            due = await self._steps.due(owned, p.now, PASS_LIMIT + len(self.in_flight))
-            due = [r for r in due if _did(r) not in self.in_flight][:PASS_LIMIT]
+            # Steps handed to a queue are marked `sending`, so a page of due steps never fills
+            # with steps already in flight; those a dead process left are due again.
+            for partition in owned - self._assigned_at.keys():
+                self._assigned_at[partition] = p.now
+            for partition in self._assigned_at.keys() - owned:
+                del self._assigned_at[partition]
+            due = await self._steps.due(self._assigned_at, p.now, PASS_LIMIT)
+            if p.now >= self._stale_check_at:
+                self._stale_check_at = p.now + STALE_CHECK_MS
+                due += await self._steps.stale_sending(owned, p.now - ORPHAN_AFTER_MS, PASS_LIMIT)
+            unique = {_did(r): r for r in due}
+            due = [r for did, r in unique.items() if did not in self.in_flight]
             by_site: dict[str, list[StepRow]] = {}
             for r in due:
                 by_site.setdefault(r.site_id, []).append(r)
@@ -255,6 +275,7 @@ class Scheduler:
                 attempt=attempt,
             )
         )
+        p.steps.append(r.moved(self._rev.next(), state=SENDING, reason=""))
         p.flights[did] = InFlight(r, live.version, kind, destination, forget, person.traits)
         sent_by_campaign.setdefault((r.person_id, spec.id), []).append(p.now)
         sent_by_channel.setdefault((r.person_id, kind), []).append(p.now)
@@ -340,7 +361,7 @@ class Scheduler:
             channel,
             concurrency=config.concurrency,
             rate_per_s=config.rate_per_s,
-            timeout_s=config.timeout_s * 2,
+            timeout_s=config.timeout_s,
             clock=self._clock,
             on_result=self.outcomes.on_results,
         )

@@ -83,6 +83,7 @@ class DestinationQueue:
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._limiter = RateLimiter(rate_per_s, clock)
         self._timeout_s = timeout_s
+        self._concurrency = concurrency
         self._on_result = on_result
         self._workers = [
             asyncio.create_task(self._work(), name=f"send:{destination}:{i}")
@@ -120,8 +121,12 @@ class DestinationQueue:
                 self.stats.in_flight -= len(batch)
 
     async def _send(self, batch: list[Message]) -> list[SendResult]:
+        # Every provider call has its own timeout inside the channel; this bound only catches a
+        # channel that hangs. A batch of per-person messages goes through at most `concurrency`
+        # calls at a time, so its bound grows with its rounds of calls.
+        rounds = -(-len(batch) // self._concurrency) if self.channel.max_batch > 1 else 1
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s * (rounds + 1)):
                 results = await self.channel.send_batch(batch)
         except DestinationError as exc:
             return [exc] * len(batch)

@@ -1,8 +1,9 @@
 """The ``campaign_steps`` table: every step of every enrollment, pending until done or
 cancelled.
 
-A row is keyed (site, campaign, person, membership version and entry time, step) and
-versioned by ``rev``:
+States: ``pending`` (due at ``due_at``), ``sending`` (handed to a destination's queue, outcome
+not yet written), ``done``, ``cancelled``. A row is keyed (site, campaign, person, membership
+version and entry time, step) and versioned by ``rev``:
 enrollments are written with ``rev`` 0, so an enrollment replayed from the change topic never
 overrides a state written after it; later states carry the dispatcher's clock in ms (made
 strictly increasing per process). ``partition`` is the change-topic partition the person's
@@ -11,7 +12,7 @@ records are on: a member's timer pass takes only the steps of the partitions it 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -20,7 +21,10 @@ import orjson
 from leadback.dispatcher.policy import delivery_id
 from leadback.store.client import ClickHouseStore, content_token
 
-PENDING, DONE, CANCELLED = "pending", "done", "cancelled"
+PENDING, SENDING, DONE, CANCELLED = "pending", "sending", "done", "cancelled"
+
+#: A ``sending`` step this old is taken for orphaned whatever the clocks of two members say.
+ORPHAN_AFTER_MS = 3_600_000
 
 _COLUMNS = (
     "site_id, campaign_id, person_id, membership_version, step, audience_id, partition, "
@@ -116,15 +120,35 @@ class StepStore:
         )
         return [_row(r) for r in rows]
 
-    async def due(self, partitions: Collection[int], now_ms: int, limit: int) -> list[StepRow]:
-        """Pending steps due by ``now_ms`` on ``partitions``, oldest first."""
+    async def due(self, assigned_at: Mapping[int, int], now_ms: int, limit: int) -> list[StepRow]:
+        """Steps to decide on the partitions of ``assigned_at`` (partition -> when this member
+        got it), oldest first: pending ones due by ``now_ms``, and ``sending`` ones marked
+        before the member got the partition (their sender is gone; the outcome is unknown)."""
+        if not assigned_at:
+            return []
+        parts = sorted(assigned_at)
+        rows = await self._store.query(
+            f"SELECT {_COLUMNS} FROM {self._db}.campaign_steps FINAL "
+            "WHERE partition IN {parts:Array(UInt32)} AND ("
+            "(state = 'pending' AND due_at <= {now:Int64}) OR (state = 'sending' "
+            "AND rev < arrayElement({since:Array(UInt64)}, indexOf({parts:Array(UInt32)}, "
+            "partition)))) ORDER BY due_at LIMIT {n:UInt32}",
+            {"now": now_ms, "parts": parts, "since": [assigned_at[p] for p in parts], "n": limit},
+        )
+        return [_row(r) for r in rows]
+
+    async def stale_sending(
+        self, partitions: Collection[int], before_ms: int, limit: int
+    ) -> list[StepRow]:
+        """``sending`` steps marked before ``before_ms`` (long ago): a safety net for a member
+        whose clock is behind the one that marked them."""
         if not partitions:
             return []
         rows = await self._store.query(
             f"SELECT {_COLUMNS} FROM {self._db}.campaign_steps FINAL "
-            "WHERE state = 'pending' AND due_at <= {now:Int64} "
-            "AND partition IN {parts:Array(UInt32)} ORDER BY due_at LIMIT {n:UInt32}",
-            {"now": now_ms, "parts": sorted(partitions), "n": limit},
+            "WHERE partition IN {parts:Array(UInt32)} AND state = 'sending' "
+            "AND rev < {before:UInt64} ORDER BY due_at LIMIT {n:UInt32}",
+            {"parts": sorted(partitions), "before": max(0, before_ms), "n": limit},
         )
         return [_row(r) for r in rows]
 
