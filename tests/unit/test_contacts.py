@@ -135,7 +135,9 @@ def test_protect_traits_example() -> None:
         "phone_sha256",
         "phone_enc",
         "first_name_sha256",
+        "first_name_enc",
         "last_name_sha256",
+        "last_name_enc",
         "city_sha256",
         "state_sha256",
         "zip_sha256",
@@ -151,6 +153,8 @@ def test_protect_traits_example() -> None:
     assert out["country_sha256"] == hashlib.sha256(b"us").hexdigest()
     assert CIPHER.decrypt(out["email_enc"]) == "john.doe@example.com"
     assert CIPHER.decrypt(out["phone_enc"]) == "+14155550123"
+    assert CIPHER.decrypt(out["first_name_enc"]) == "Mary Ann"  # as written, for greetings
+    assert CIPHER.decrypt(out["last_name_enc"]) == "Smith"
     assert traits["Email"] == " John.Doe@Example.COM "  # the input is not changed
 
 

@@ -138,3 +138,22 @@ def test_retry_delays_grow_honour_retry_after_and_stay_bounded(
     assert delay >= (retry_after or 0) or delay == 3600 < (retry_after or 0)
     assert delay >= ceiling / 2 or retry_after is not None
     assert delay <= max(3600, retry_after or 0)
+
+
+def test_dead_records_match_the_asyncapi_schema() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from leadback.destinations.base import DestinationRejected
+    from leadback.dispatcher.records import dead_from
+    from leadback.dispatcher.steps import StepRow
+
+    spec = yaml.safe_load((Path(__file__).parents[2] / "docs/asyncapi.yaml").read_text())
+    schema = spec["components"]["schemas"]["DeadDelivery"]
+    row = StepRow("demo", "c", "p", 1, 0, "a", 0, 1000, change_at=1000)
+    error = DestinationRejected("http_400", "bad", status=400, response="no")
+    record = dead_from(row, "webhook", "hook", error.reason, 2000, error)
+    assert set(record) == set(schema["properties"]) == set(schema["required"])
+    assert record["channel"] in schema["properties"]["channel"]["enum"]
+    assert (record["http_status"], record["response"], record["attempts"]) == (400, "no", 1)

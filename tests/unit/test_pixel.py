@@ -235,13 +235,14 @@ def test_property_keys_and_traits(bots: BotDetector) -> None:
     traits = event["traits"]
     assert set(traits) == {
         "plan", "age", "email_sha256", "email_enc", "phone_sha256", "phone_enc",
-        "first_name_sha256",
+        "first_name_sha256", "first_name_enc",
     }  # fmt: skip
     assert traits["plan"] == "pro"
     assert traits["age"] == "42"  # traits stay strings
     assert traits["email_sha256"] == sha256_hex("ann@b.example")
     assert traits["phone_sha256"] == sha256_hex("+14155550123")  # region from the policy
     assert traits["first_name_sha256"] == sha256_hex("ann")
+    assert CIPHER.decrypt(traits["first_name_enc"]) == "Ann"  # as written, for greetings
     assert CIPHER.decrypt(traits["email_enc"]) == "ann@b.example"
     assert CIPHER.decrypt(traits["phone_enc"]) == "+14155550123"
     assert event["user_id"] == "user 42"

@@ -6,7 +6,9 @@ not. A missing variable renders empty (``{{ traits.first_name | default("there")
 fallback). What a template sees (:func:`template_context`):
 
 ``person``      ``{"id": ...}``
-``traits``      the person's traits without contact details (hashes and tokens left out)
+``traits``      the person's traits without contact hashes and tokens, plus ``first_name`` and
+                ``last_name`` as written (decrypted for the message; webhook payloads by
+                default carry no name)
 ``products``    product ids from the audience change (product-level audiences)
 ``campaign``    ``{"id", "name"}``; ``audience``: ``{"id"}``; ``step``: its number (0-based)
 ``unsubscribe_url``  the one-click link for this person and channel

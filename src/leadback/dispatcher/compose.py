@@ -48,7 +48,8 @@ def address(
 class Composer:
     """Renders steps (templates compiled once and cached)."""
 
-    def __init__(self, signer: TokenSigner, public_url: str) -> None:
+    def __init__(self, signer: TokenSigner, public_url: str, loader: RecipientLoader) -> None:
+        self._loader = loader
         self._templates = CompiledTemplates()
         self._signer = signer
         self._public_url = public_url
@@ -76,9 +77,14 @@ class Composer:
             )
             unsubscribe = unsubscribe_url(self._public_url, token)
         traits = visible_traits(person.traits)
+        greeting = {  # names decrypted for the message itself, never for webhook payloads
+            name: value
+            for name in ("first_name", "last_name")
+            if (value := self._loader.decrypted(person, name)) is not None
+        }
         context: dict[str, Any] = {
             "person": {"id": person.person_id},
-            "traits": traits,
+            "traits": {**traits, **greeting},
             "products": products,
             "campaign": {"id": spec.id, "name": spec.name or spec.id},
             "audience": {"id": spec.audience},

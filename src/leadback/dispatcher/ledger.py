@@ -62,6 +62,7 @@ class DeliveryRow:
 
 @dataclass(frozen=True, slots=True)
 class RecentSend:
+    delivery_id: str
     person_id: str
     campaign_id: str
     channel: str
@@ -88,15 +89,17 @@ class Ledger:
         """Messages sent (or being sent) to these persons since ``since_ms`` (for caps)."""
         if not persons:
             return []
+        # Counted: messages whose latest state is sent or being sent (a retry waiting, or a
+        # failure, reached nobody).
         rows = await self._store.query(
-            f"SELECT person_id, campaign_id, channel, toUnixTimestamp64Milli(min(at)) "
+            "SELECT delivery_id, any(person_id), any(campaign_id), any(channel), "
+            "toUnixTimestamp64Milli(min(at)) "
             f"FROM {self._db}.deliveries WHERE site_id = {{s:String}} "
             "AND person_id IN {p:Array(String)} AND at >= fromUnixTimestamp64Milli({t:Int64}) "
-            "AND status IN ('sending', 'sent') GROUP BY person_id, campaign_id, channel, "
-            "delivery_id",
+            "GROUP BY delivery_id HAVING argMax(status, seq) IN ('sending', 'sent')",
             {"s": site, "p": sorted(persons), "t": since_ms},
         )
-        return [RecentSend(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+        return [RecentSend(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in rows]
 
     async def query(
         self,

@@ -95,14 +95,15 @@ class Dispatcher:
             clock=SystemClock(),
             name="dispatcher",
         )
+        recipients = RecipientLoader(store, cipher)
         self.scheduler = Scheduler(
             book=self.book,
             steps=steps,
             ledger=self.ledger,
-            recipients=RecipientLoader(store, cipher),
+            recipients=recipients,
             feedback=feedback,
             dead=DeadLetters(dead_producer, dead_topic),
-            composer=Composer(signer, settings.public_url),
+            composer=Composer(signer, settings.public_url, recipients),
             revisions=revisions,
             lock=lock,
             settings=settings,

@@ -178,11 +178,15 @@ class RecipientLoader:
 
     def contact(self, person: Person, kind: str) -> str | None:
         """The person's clear e-mail or phone (decrypted now), or None."""
-        token = person.traits.get(f"{kind}_enc")
+        return self.decrypted(person, kind)
+
+    def decrypted(self, person: Person, field: str) -> str | None:
+        """A contact field's clear value (``<field>_enc`` decrypted now), or None."""
+        token = person.traits.get(f"{field}_enc")
         if not isinstance(token, str):
             return None
         try:
             return self.cipher.decrypt(token)
         except ContactDecryptError:
-            log.warning("a contact detail does not decrypt", kind=kind)
+            log.warning("a contact detail does not decrypt", field=field)
             return None

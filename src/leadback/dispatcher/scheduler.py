@@ -50,6 +50,7 @@ from leadback.dispatcher.sender import BrokenChannel, DestinationQueue
 from leadback.dispatcher.steps import (
     DONE,
     ORPHAN_AFTER_MS,
+    PENDING,
     SENDING,
     StepRow,
     StepStore,
@@ -181,12 +182,13 @@ class Scheduler:
             live = self._book.campaign(site, r.campaign_id)
             if live is not None and live.spec.frequency is not None:
                 windows.append(live.spec.frequency.per)
-        sent_by_channel: dict[tuple[str, str], list[int]] = {}
-        sent_by_campaign: dict[tuple[str, str], list[int]] = {}
+        sent_by_channel: dict[tuple[str, str], list[tuple[str, int]]] = {}
+        sent_by_campaign: dict[tuple[str, str], list[tuple[str, int]]] = {}
         if windows:
             for s in await self._ledger.recent_sends(site, persons, p.now - max(windows)):
-                sent_by_channel.setdefault((s.person_id, s.channel), []).append(s.at_ms)
-                sent_by_campaign.setdefault((s.person_id, s.campaign_id), []).append(s.at_ms)
+                sent = (s.delivery_id, s.at_ms)
+                sent_by_channel.setdefault((s.person_id, s.channel), []).append(sent)
+                sent_by_campaign.setdefault((s.person_id, s.campaign_id), []).append(sent)
         for r in sorted(rows, key=lambda r: (r.due_at, r.step)):
             self._decide(r, people[r.person_id], p, sent_by_channel, sent_by_campaign)
 
@@ -195,8 +197,8 @@ class Scheduler:
         r: StepRow,
         person: Person,
         p: _Pass,
-        sent_by_channel: dict[tuple[str, str], list[int]],
-        sent_by_campaign: dict[tuple[str, str], list[int]],
+        sent_by_channel: dict[tuple[str, str], list[tuple[str, int]]],
+        sent_by_campaign: dict[tuple[str, str], list[tuple[str, int]]],
     ) -> None:
         live = self._book.campaign(r.site_id, r.campaign_id)
         if live is None or not live.spec.enabled or r.step >= len(live.spec.steps):
@@ -233,24 +235,35 @@ class Scheduler:
         if quiet is not None:
             until = quiet_until_ms(p.now, quiet[0], quiet[1])
             if until:
-                p.steps.append(r.moved(self._rev.next(), due_at=until, reason="quiet_hours"))
+                p.steps.append(
+                    r.moved(self._rev.next(), state=PENDING, due_at=until, reason="quiet_hours")
+                )
                 self.stats.count(self.stats.decided, "deferred")
                 return
+        did = _did(r)
+
+        def others(sent: list[tuple[str, int]]) -> list[int]:
+            return [at for d, at in sent if d != did]  # an earlier try of this one is not another
+
         wait = 0
         if spec.frequency is not None:
             wait = cap_wait_ms(
-                sent_by_campaign.get((r.person_id, spec.id), []), spec.frequency, p.now
+                others(sent_by_campaign.get((r.person_id, spec.id), [])), spec.frequency, p.now
             )
         policy = self._book.policies.get(r.site_id)
         channel_cap = policy.channel_caps.get(kind) if policy else None  # type: ignore[call-overload]
         if channel_cap is not None:
             wait = max(
                 wait,
-                cap_wait_ms(sent_by_channel.get((r.person_id, kind), []), channel_cap, p.now),
+                cap_wait_ms(
+                    others(sent_by_channel.get((r.person_id, kind), [])), channel_cap, p.now
+                ),
             )
         if wait:
             if spec.on_cap == "delay":
-                p.steps.append(r.moved(self._rev.next(), due_at=p.now + wait, reason="capped"))
+                p.steps.append(
+                    r.moved(self._rev.next(), state=PENDING, due_at=p.now + wait, reason="capped")
+                )
                 self.stats.count(self.stats.decided, "deferred")
             else:
                 self._finish(r, p, live, kind, destination, "capped", "frequency")
@@ -260,7 +273,6 @@ class Scheduler:
         except TemplateRenderError as exc:
             self._finish(r, p, live, kind, destination, "failed", exc.detail, dead=True)
             return
-        did = _did(r)
         attempt = r.attempt + 1
         p.ledger.append(self._row(r, live, kind, destination, "sending", p.now, attempt=attempt))
         p.messages.setdefault(destination, []).append(
@@ -277,8 +289,8 @@ class Scheduler:
         )
         p.steps.append(r.moved(self._rev.next(), state=SENDING, reason=""))
         p.flights[did] = InFlight(r, live.version, kind, destination, forget, person.traits)
-        sent_by_campaign.setdefault((r.person_id, spec.id), []).append(p.now)
-        sent_by_channel.setdefault((r.person_id, kind), []).append(p.now)
+        sent_by_campaign.setdefault((r.person_id, spec.id), []).append((did, p.now))
+        sent_by_channel.setdefault((r.person_id, kind), []).append((did, p.now))
         self.stats.count(self.stats.decided, "sending")
 
     def _quiet_hours(

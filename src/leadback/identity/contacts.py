@@ -10,8 +10,8 @@ client key (case-insensitive)         what goes to the topic instead
 ====================================  ======================================================
 ``email`` ``e-mail`` ``mail``         ``email_sha256``, ``email_enc``
 ``phone`` ``phone_number`` ``mobile``  ``phone_sha256``, ``phone_enc``
-``first_name`` ``firstname`` ``fn``   ``first_name_sha256``
-``last_name`` ``lastname`` ``ln``     ``last_name_sha256``
+``first_name`` ``firstname`` ``fn``   ``first_name_sha256``, ``first_name_enc``
+``last_name`` ``lastname`` ``ln``     ``last_name_sha256``, ``last_name_enc``
 ``city`` ``ct``                       ``city_sha256``
 ``state`` ``st``                      ``state_sha256``
 ``zip`` ``zip_code`` ``postal_code``  ``zip_sha256``
@@ -22,11 +22,12 @@ anything else                         unchanged
 
 ``*_sha256`` is the lower-case hex SHA-256 of the normalized value: what ad networks match
 audiences on (Google Customer Match, Meta Custom Audiences), so a destination uploads it as
-is and never needs the clear text. Only e-mail and phone also get ``*_enc``, a Fernet token
-(:class:`ContactCipher`) a messaging destination decrypts to send a mail or a text; nobody
-sends anything to a bare name or city. A hash of a normalized value is stable, so it still
-identifies a person across events: pseudonymous, not anonymous (an e-mail hash can be
-reversed by guessing), and handled like any other identifier.
+is and never needs the clear text. E-mail and phone also get ``*_enc``, a Fernet token
+(:class:`ContactCipher`) a messaging destination decrypts to send a mail or a text; first and
+last names get one too (of the name as written, case kept, spaces collapsed), so a message can
+greet the person. Nobody sends anything to a bare city or postal code. A hash of a normalized
+value is stable, so it still identifies a person across events: pseudonymous, not anonymous
+(an e-mail hash can be reversed by guessing), and handled like any other identifier.
 
 Only top-level trait keys are recognized; contact details nested deeper pass through as sent.
 """
@@ -76,7 +77,8 @@ CONTACT_ALIASES: Final[Mapping[str, str]] = {
     "zp": "zip",
     "country": "country",
 }
-_ENCRYPTED: Final = frozenset({"email", "phone"})
+_ENCRYPTED: Final = frozenset({"email", "phone", "first_name", "last_name"})
+_DISPLAYED: Final = frozenset({"first_name", "last_name"})  # encrypted as written
 _DERIVED_SUFFIXES: Final = ("_sha256", "_enc")
 
 
@@ -239,6 +241,7 @@ def protect_traits(
     """
     out: dict[str, Any] = {}
     contacts: dict[str, str] = {}  # field -> normalized value
+    shown: dict[str, str] = {}  # names as written (case kept), for greetings
     for key, value in traits.items():
         lower = key.lower()
         if lower.endswith(_DERIVED_SUFFIXES):
@@ -260,10 +263,12 @@ def protect_traits(
             raise
         if normalized and contacts.setdefault(field, normalized) != normalized:
             raise _invalid(key, f"two different values for {field}")
+        if normalized and field in _DISPLAYED:
+            shown.setdefault(field, unicodedata.normalize("NFKC", " ".join(value.split())))
     for field, normalized in contacts.items():
         out[f"{field}_sha256"] = sha256_hex(normalized)
         if field in _ENCRYPTED:
-            out[f"{field}_enc"] = cipher.encrypt(normalized)
+            out[f"{field}_enc"] = cipher.encrypt(shown.get(field, normalized))
     return out
 
 
