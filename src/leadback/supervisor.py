@@ -1,6 +1,7 @@
 """``leadback up``: the whole embedded stack on one machine, stopped cleanly by Ctrl-C.
 
-Starts the embedded broker (a child process), creates the topics, then runs the segmenter and
+Starts the embedded broker (a child process), creates the topics, then runs the segmenter (with
+the dispatcher beside it: both need the chDB directory, which one process may hold) and
 ingest as child processes of their own (``python -m leadback <service>``), each in its own
 session so Ctrl-C reaches only this supervisor, which then stops them in order: ingest first
 (it flushes to the broker), the segmenter next (it drains the topic into ClickHouse, since the
@@ -103,6 +104,11 @@ def run_up(settings: Settings, *, announce: Callable[[str], None]) -> int:
             LEADBACK_DATA_DIR=str(settings.data_dir.resolve()),
         )
         env.setdefault("LEADBACK_LOG_JSON", "false")
+        # Links in messages (unsubscribe, Telegram) point at this ingest unless told otherwise.
+        env.setdefault(
+            "LEADBACK_DISPATCHER_PUBLIC_URL",
+            f"http://{settings.ingest.host}:{settings.ingest.port}",
+        )
         py = [sys.executable, "-m", "leadback"]
         segmenter = Child(
             "segmenter", [*py, "segmenter"], env, settings.segmenter.shutdown_timeout_s + 15
@@ -163,6 +169,15 @@ def _admin_lines(settings: Settings) -> str:
         "  Audiences    leadback audiences apply -f examples/audiences.yaml\n"
         f"               admin API {admin}/docs (bearer token: {token}),"
         " changes on leadback.audiences.changes.v1\n"
+    ) + _campaign_lines(settings)
+
+
+def _campaign_lines(settings: Settings) -> str:
+    if not settings.dispatcher.enabled:
+        return ""
+    return (
+        "  Campaigns    leadback campaigns apply -f examples/campaigns.yaml"
+        " (then: leadback campaigns status)\n"
     )
 
 

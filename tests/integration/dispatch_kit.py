@@ -23,15 +23,14 @@ from leadback.destinations.config import ChannelDeps, DestinationConfig
 from leadback.dispatcher.member import Dispatcher
 from leadback.events import CanonicalEvent
 from leadback.identity.contacts import ContactCipher
-from leadback.kafka.config import common_options, producer_options
-from leadback.kafka.consumer import GroupConsumer
+from leadback.kafka.config import producer_options
+from leadback.kafka.consumer import group_consumer_factory
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.segmenter.service import change_producer
 from leadback.settings import Settings
 from leadback.signed_tokens import TokenSigner
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
-from leadback.stream.consumer import Consumer, PartitionsCallback
 from tests.integration.audience_kit import encoded
 
 
@@ -172,15 +171,13 @@ async def harness(
     await dead.start()
     cipher = cipher or ContactCipher([ContactCipher.generate_key()])
 
-    def consumer(on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> Consumer:
-        return GroupConsumer(
-            settings.kafka.topic_changes,
-            group_id=settings.dispatcher.group_id,
-            on_assigned=on_assigned,
-            on_revoked=on_revoked,
-            session_timeout_ms=3000,
-            **common_options(settings.kafka, bootstrap),
-        )
+    consumer = group_consumer_factory(
+        settings.kafka,
+        settings.kafka.topic_changes,
+        settings.dispatcher.group_id,
+        bootstrap,
+        embedded=True,
+    )
 
     dispatcher = Dispatcher(
         settings.dispatcher.model_copy(update={"timer_interval_ms": 60_000, **dispatcher_settings}),

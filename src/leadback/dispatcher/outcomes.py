@@ -17,13 +17,13 @@ from leadback.destinations.base import (
     RecipientGone,
     SendResult,
 )
-from leadback.dispatcher.book import Book, LiveCampaign
+from leadback.dispatcher.book import Book
 from leadback.dispatcher.dead_letters import DeadLetters, DeadRecord
 from leadback.dispatcher.feedback import FeedbackWriter, Suppression
 from leadback.dispatcher.ledger import DeliveryRow, Ledger
 from leadback.dispatcher.planner import Revisions
 from leadback.dispatcher.policy import retry_delay_s
-from leadback.dispatcher.records import DispatchStats, InFlight, dead_from, delivery_row
+from leadback.dispatcher.records import DispatchStats, InFlight, Rows, dead_from
 from leadback.dispatcher.steps import DONE, PENDING, StepRow, StepStore
 from leadback.errors import LeadbackError
 from leadback.logs import get_logger
@@ -58,6 +58,7 @@ class OutcomeRecorder:
         self._feedback = feedback
         self._dead = dead
         self._rev = revisions
+        self._rows = Rows(revisions)
         self._lock = lock
         self._settings = settings
         self.in_flight = in_flight
@@ -65,28 +66,6 @@ class OutcomeRecorder:
         self._rng = rng
         self._results: list[tuple[Message, SendResult]] = []
         self._results_ready = asyncio.Event()
-
-    def _row(
-        self,
-        r: StepRow,
-        live: LiveCampaign | None,
-        kind: str,
-        destination: str,
-        status: str,
-        at_ms: int,
-        **extra: object,
-    ) -> DeliveryRow:
-        version = live.version if live else 0
-        return delivery_row(
-            r,
-            version,
-            kind,
-            destination,
-            status,
-            at_ms,
-            self._rev.next(),
-            **extra,  # type: ignore[arg-type]
-        )
 
     async def on_results(self, results: Sequence[tuple[Message, SendResult]]) -> None:
         """A queue's results: kept until the next flush (never raises)."""
@@ -144,7 +123,7 @@ class OutcomeRecorder:
             if isinstance(result, Delivered):
                 steps.append(r.moved(self._rev.next(), state=DONE, reason="sent"))
                 rows.append(
-                    self._row(
+                    self._rows.delivery(
                         r,
                         live,
                         kind,
@@ -179,7 +158,7 @@ class OutcomeRecorder:
                     )
                 )
                 rows.append(
-                    self._row(
+                    self._rows.delivery(
                         r,
                         live,
                         kind,
@@ -195,7 +174,7 @@ class OutcomeRecorder:
                 continue
             steps.append(r.moved(self._rev.next(), state=DONE, reason="failed"))
             rows.append(
-                self._row(
+                self._rows.delivery(
                     r,
                     live,
                     kind,

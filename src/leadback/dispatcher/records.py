@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from leadback.destinations.base import DestinationError
+from leadback.dispatcher.book import LiveCampaign
 from leadback.dispatcher.dead_letters import DeadRecord, dead_record
 from leadback.dispatcher.ledger import DeliveryRow
+from leadback.dispatcher.planner import Revisions
 from leadback.dispatcher.steps import StepRow, row_delivery_id
 
 
@@ -33,42 +35,48 @@ class DispatchStats:
         table[key] = table.get(key, 0) + n
 
 
-def delivery_row(
-    r: StepRow,
-    campaign_version: int,
-    kind: str,
-    destination: str,
-    status: str,
-    at_ms: int,
-    seq: int,
-    *,
-    reason: str = "",
-    attempt: int = 0,
-    error: DestinationError | None = None,
-    provider_id: str = "",
-) -> DeliveryRow:
-    """The ledger row of one decision or attempt about step ``r``."""
-    return DeliveryRow(
-        delivery_id=row_delivery_id(r),
-        site_id=r.site_id,
-        campaign_id=r.campaign_id,
-        campaign_version=campaign_version,
-        person_id=r.person_id,
-        audience_id=r.audience_id,
-        membership_version=r.membership_version,
-        step=r.step,
-        channel=kind,
-        destination_id=destination,
-        status=status,
-        at_ms=at_ms,
-        reason=reason,
-        attempt=attempt,
-        http_status=(error.status or 0) if error else 0,
-        response=error.response if error else "",
-        provider_id=provider_id,
-        change_at=r.change_at,
-        seq=seq,
-    )
+class Rows:
+    """Makes ledger rows, each with the next revision as its ``seq``."""
+
+    def __init__(self, revisions: Revisions) -> None:
+        self._rev = revisions
+
+    def delivery(
+        self,
+        r: StepRow,
+        live: LiveCampaign | None,
+        kind: str,
+        destination: str,
+        status: str,
+        at_ms: int,
+        *,
+        reason: str = "",
+        attempt: int = 0,
+        error: DestinationError | None = None,
+        provider_id: str = "",
+    ) -> DeliveryRow:
+        """The ledger row of one decision or attempt about step ``r``."""
+        return DeliveryRow(
+            delivery_id=row_delivery_id(r),
+            site_id=r.site_id,
+            campaign_id=r.campaign_id,
+            campaign_version=live.version if live else 0,
+            person_id=r.person_id,
+            audience_id=r.audience_id,
+            membership_version=r.membership_version,
+            step=r.step,
+            channel=kind,
+            destination_id=destination,
+            status=status,
+            at_ms=at_ms,
+            reason=reason,
+            attempt=attempt,
+            http_status=(error.status or 0) if error else 0,
+            response=error.response if error else "",
+            provider_id=provider_id,
+            change_at=r.change_at,
+            seq=self._rev.next(),
+        )
 
 
 def dead_from(

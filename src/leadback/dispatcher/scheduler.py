@@ -45,7 +45,7 @@ from leadback.dispatcher.policy import (
     zone,
 )
 from leadback.dispatcher.recipients import Person, RecipientLoader
-from leadback.dispatcher.records import DispatchStats, InFlight, dead_from, delivery_row
+from leadback.dispatcher.records import DispatchStats, InFlight, Rows, dead_from
 from leadback.dispatcher.sender import BrokenChannel, DestinationQueue
 from leadback.dispatcher.steps import (
     DONE,
@@ -105,6 +105,7 @@ class Scheduler:
         self._dead = dead
         self._composer = composer
         self._rev = revisions
+        self._rows = Rows(revisions)
         self._lock = lock
         self._settings = settings
         self._clock = clock
@@ -274,7 +275,9 @@ class Scheduler:
             self._finish(r, p, live, kind, destination, "failed", exc.detail, dead=True)
             return
         attempt = r.attempt + 1
-        p.ledger.append(self._row(r, live, kind, destination, "sending", p.now, attempt=attempt))
+        p.ledger.append(
+            self._rows.delivery(r, live, kind, destination, "sending", p.now, attempt=attempt)
+        )
         p.messages.setdefault(destination, []).append(
             Message(
                 delivery_id=did,
@@ -312,31 +315,6 @@ class Scheduler:
         )
         return quiet, tz
 
-    def _row(
-        self,
-        r: StepRow,
-        live: LiveCampaign | None,
-        kind: str,
-        destination: str,
-        status: str,
-        at_ms: int,
-        *,
-        reason: str = "",
-        attempt: int = 0,
-    ) -> DeliveryRow:
-        version = live.version if live else 0
-        return delivery_row(
-            r,
-            version,
-            kind,
-            destination,
-            status,
-            at_ms,
-            self._rev.next(),
-            reason=reason,
-            attempt=attempt,
-        )
-
     def _finish(
         self,
         r: StepRow,
@@ -350,7 +328,9 @@ class Scheduler:
         dead: bool = False,
     ) -> None:
         p.steps.append(r.moved(self._rev.next(), state=DONE, reason=status))
-        p.ledger.append(self._row(r, live, kind, destination, status, p.now, reason=reason))
+        p.ledger.append(
+            self._rows.delivery(r, live, kind, destination, status, p.now, reason=reason)
+        )
         if dead:
             p.dead.append(dead_from(r, kind, destination, reason, p.now))
         self.stats.count(self.stats.decided, status)

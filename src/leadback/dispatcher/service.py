@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from leadback.dispatcher.member import Dispatcher
 from leadback.dispatcher.metrics import dispatcher_samples
 from leadback.identity.contacts import contact_cipher
-from leadback.kafka.config import common_options, producer_options, resolve_bootstrap
-from leadback.kafka.consumer import GroupConsumer
+from leadback.kafka.config import producer_options, resolve_bootstrap
+from leadback.kafka.consumer import group_consumer_factory
 from leadback.kafka.producer import RecordProducer
 from leadback.logs import get_logger
 from leadback.metrics import CallbackCollector
@@ -20,7 +20,6 @@ from leadback.settings import Settings
 from leadback.signed_tokens import token_signer
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
-from leadback.stream.consumer import Consumer, PartitionsCallback
 
 log = get_logger(__name__)
 
@@ -35,15 +34,13 @@ def build_dispatcher(
 ) -> Dispatcher:
     """A dispatcher member on the change topic (``embedded``: the embedded broker)."""
 
-    def consumer(on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> Consumer:
-        return GroupConsumer(
-            settings.kafka.topic_changes,
-            group_id=settings.dispatcher.group_id,
-            on_assigned=on_assigned,
-            on_revoked=on_revoked,
-            session_timeout_ms=settings.kafka.consumer_session_timeout_ms(embedded_broker=embedded),
-            **common_options(settings.kafka, bootstrap),
-        )
+    consumer = group_consumer_factory(
+        settings.kafka,
+        settings.kafka.topic_changes,
+        settings.dispatcher.group_id,
+        bootstrap,
+        embedded=embedded,
+    )
 
     return Dispatcher(
         settings.dispatcher,

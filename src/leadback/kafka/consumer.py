@@ -30,8 +30,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Message as _Message
 
 from leadback.errors import BrokerUnavailableError, RetryableError
-from leadback.kafka.config import rdkafka_consumer_config
+from leadback.kafka.config import common_options, rdkafka_consumer_config
 from leadback.logs import get_logger
+from leadback.settings import KafkaSettings
 
 log = get_logger(__name__)
 
@@ -363,3 +364,22 @@ class GroupConsumer:
             raise BrokerUnavailableError(f"consumer stop failed: {exc}") from exc
         finally:
             self._executor.shutdown(wait=False)
+
+
+def group_consumer_factory(
+    kafka: KafkaSettings, topic: str, group_id: str, bootstrap: str, *, embedded: bool
+) -> Callable[[PartitionsCallback, PartitionsCallback], GroupConsumer]:
+    """What a stream loop builds its consumer with: a :class:`GroupConsumer` of ``group_id``
+    on ``topic`` (``embedded``: the embedded broker, which allows a shorter session)."""
+
+    def build(on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> GroupConsumer:
+        return GroupConsumer(
+            topic,
+            group_id=group_id,
+            on_assigned=on_assigned,
+            on_revoked=on_revoked,
+            session_timeout_ms=kafka.consumer_session_timeout_ms(embedded_broker=embedded),
+            **common_options(kafka, bootstrap),
+        )
+
+    return build

@@ -13,12 +13,11 @@ from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.publisher import QueuedChangePublisher
 from leadback.errors import BrokerUnavailableError
 from leadback.kafka.config import (
-    common_options,
     producer_options,
     rdkafka_config,
     resolve_bootstrap,
 )
-from leadback.kafka.consumer import GroupConsumer
+from leadback.kafka.consumer import group_consumer_factory
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.rdkafka import RdKafkaProducer
 from leadback.logs import get_logger
@@ -28,7 +27,6 @@ from leadback.segmenter.metrics import samples
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
-from leadback.stream.consumer import Consumer, PartitionsCallback
 
 log = get_logger(__name__)
 
@@ -82,15 +80,13 @@ def build_segmenter(
             log.error("could not publish an invalid row", error=str(exc))
             raise
 
-    def consumer(on_assigned: PartitionsCallback, on_revoked: PartitionsCallback) -> Consumer:
-        return GroupConsumer(
-            settings.kafka.topic_events,
-            group_id=settings.segmenter.group_id,
-            on_assigned=on_assigned,
-            on_revoked=on_revoked,
-            session_timeout_ms=settings.kafka.consumer_session_timeout_ms(embedded_broker=embedded),
-            **common_options(settings.kafka, bootstrap),
-        )
+    consumer = group_consumer_factory(
+        settings.kafka,
+        settings.kafka.topic_events,
+        settings.segmenter.group_id,
+        bootstrap,
+        embedded=embedded,
+    )
 
     return Segmenter(
         settings.segmenter,
