@@ -84,6 +84,13 @@ class Book:
             if any(step.destination == destination for step in c.spec.steps)
         }
 
+    def step_kind(self, site: str, campaign_id: str, step: int) -> str | None:
+        """The channel kind of a campaign's step, if the campaign, step and destination exist."""
+        live = self._campaigns.get((site, campaign_id))
+        if live is None or step >= len(live.spec.steps):
+            return None
+        return self.channel_kind(live.spec.steps[step].destination)
+
     def channel_kind(self, destination: str) -> str | None:
         config = self.destinations.get(destination)
         return channel_kind(config) if config is not None else None

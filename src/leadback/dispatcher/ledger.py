@@ -10,7 +10,7 @@ good; also on the dead topic). The latest row of a ``delivery_id`` is its outcom
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -53,11 +53,15 @@ class DeliveryRow:
     provider_id: str = ""
     change_at: int = 0
     seq: int = 0  # orders a delivery's rows (the writer's revisions: strictly increasing)
+    at: str = field(init=False, default="")  # at_ms as the table's DateTime64 text
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "at", format_ts(self.at_ms / 1000))
 
     def json(self) -> bytes:
-        data = asdict(self)
-        data["at"] = format_ts(data.pop("at_ms") / 1000)
-        return orjson.dumps(data)
+        """The row as JSONEachRow (orjson writes dataclasses natively; ``at_ms`` is ignored by
+        the insert, which skips unknown fields)."""
+        return orjson.dumps(self)
 
 
 @dataclass(frozen=True, slots=True)

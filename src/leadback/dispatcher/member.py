@@ -19,7 +19,7 @@ from leadback.dispatcher.feedback import FeedbackWriter
 from leadback.dispatcher.ledger import Ledger
 from leadback.dispatcher.planner import ChangePlanner, Revisions
 from leadback.dispatcher.recipients import RecipientLoader
-from leadback.dispatcher.scheduler import Scheduler
+from leadback.dispatcher.scheduler import PASS_LIMIT, Scheduler
 from leadback.dispatcher.steps import StepStore
 from leadback.dispatcher.telegram_webhooks import register_telegram_webhooks
 from leadback.errors import RetryableError
@@ -135,7 +135,7 @@ class Dispatcher:
         interval = self._settings.timer_interval_ms / 1000
         while not stop.is_set():
             try:
-                await self.scheduler.run_pass()
+                decided = await self.scheduler.run_pass()
                 if self.book.generation != self._webhooks_for and 0 in self.assignment:
                     self._webhooks_for = self.book.generation
                     await register_telegram_webhooks(
@@ -143,6 +143,9 @@ class Dispatcher:
                     )
             except RetryableError as exc:
                 log.warning("dispatch pass failed; retrying", error=str(exc))
+                decided = 0
+            if decided >= PASS_LIMIT:
+                continue  # a full page: more is due now
             try:
                 async with asyncio.timeout(interval):
                     await stop.wait()

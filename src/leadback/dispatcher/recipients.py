@@ -60,9 +60,14 @@ class RecipientLoader:
         self.cipher = cipher
 
     async def load(
-        self, site: str, persons: Collection[str], audiences: Collection[str]
+        self,
+        site: str,
+        persons: Collection[str],
+        audiences: Collection[str],
+        kinds: Collection[str] = ("webpush", "telegram"),
     ) -> dict[str, Person]:
-        """Every person of ``persons`` (unknown ones come back empty: no consent, no address)."""
+        """Every person of ``persons`` (unknown ones come back empty: no consent, no address);
+        push subscriptions and Telegram chats are read only for the channel ``kinds`` asked."""
         members = await self._identity.visitors_of(site, persons)
         people = {p: Person(p, visitors=set(members.get(p, {p}))) for p in persons}
         owner = {v: p.person_id for p in people.values() for v in p.visitors}
@@ -94,8 +99,10 @@ class RecipientLoader:
         for person, (_, consent) in latest.items():
             people[person].consent = allows_marketing(consent)
         await self._suppressions(site, people)
-        await self._push(site, people, owner, params)
-        await self._telegram(site, people, owner, params)
+        if "webpush" in kinds:
+            await self._push(site, people, owner, params)
+        if "telegram" in kinds:
+            await self._telegram(site, people, owner, params)
         if audiences:
             rows = await self._store.query(
                 f"SELECT audience_id, person_id, state, entered_at, products "

@@ -75,6 +75,7 @@ class _Pass:
     dead: list[DeadRecord] = field(default_factory=list)
     messages: dict[str, list[Message]] = field(default_factory=dict)
     flights: dict[str, InFlight] = field(default_factory=dict)
+    skipped: int = 0  # left pending: their destination's queue is full
 
 
 class Scheduler:
@@ -136,7 +137,7 @@ class Scheduler:
     # -- the pass -----------------------------------------------------------------------
 
     async def run_pass(self) -> int:
-        """One timer pass; returns how many steps it decided."""
+        """One timer pass; returns how many steps it decided (not those left for later)."""
         owned = self._assignment()
         if not owned:
             return 0
@@ -172,11 +173,14 @@ class Scheduler:
             for destination, messages in p.messages.items():
                 self._queue(destination).submit(messages)
         self.stats.passes += 1
-        return len(due)
+        return len(due) - p.skipped
 
     async def _decide_site(self, site: str, rows: list[StepRow], p: _Pass) -> None:
         persons = {r.person_id for r in rows}
-        people = await self._recipients.load(site, persons, {r.audience_id for r in rows})
+        kinds = {self._book.step_kind(site, r.campaign_id, r.step) for r in rows}
+        people = await self._recipients.load(
+            site, persons, {r.audience_id for r in rows}, {k for k in kinds if k}
+        )
         policy = self._book.policies.get(site)
         windows = [c.per for c in (policy.channel_caps.values() if policy else ())]
         for r in rows:
@@ -215,6 +219,7 @@ class Scheduler:
         if self.backlog(destination) + len(p.messages.get(destination, ())) >= (
             MAX_BACKLOG_PER_DESTINATION
         ):
+            p.skipped += 1
             return  # stays pending: a slow destination's work waits in the store, not here
         state, entered, products = person.memberships.get(r.audience_id, ("out", 0, []))
         if state != "in" or entered != r.change_at:
