@@ -235,6 +235,15 @@ class Delivery:
             cursor, records = self._spool.read(self._replay_batch)
             if not records:
                 break
+            if len(records) < self._replay_batch:
+                if not self._hand_over(records):
+                    return  # the queue is full: what it took left the spool; the rest later
+                # The tail went to the producer's queue ahead of any new record: direct
+                # delivery resumes. (Under load the spool is never empty when it is looked at:
+                # waiting for that would keep ingest spooling as long as traffic lasts.)
+                self._spool.ack(cursor)
+                self.stats.replayed += len(records)
+                break
             if not await self._replay(records):
                 return
             self._spool.ack(cursor)
@@ -243,6 +252,25 @@ class Delivery:
             self._spooling = False
             self._broker_ok = True
             log.info("broker back: direct delivery resumed")
+
+    def _hand_over(self, records: list[SpoolRecord]) -> bool:
+        """Queue the spool's last records like new ones and leave spooling, with no await in
+        between, so nothing submitted meanwhile overtakes them. A record the broker then
+        refuses comes back through ``_on_failed`` into the spool. False if the producer's
+        queue would not take them all: those it took leave the spool, the rest stay."""
+        for done, (topic, key, value) in enumerate(records):
+            try:
+                self._producer.produce(topic, key, value, self._on_failed)
+            except (QueueFullError, BrokerUnavailableError):
+                if done:
+                    cursor, again = self._spool.read(done)  # the head, exactly those queued
+                    self._spool.ack(cursor)
+                    self.stats.replayed += len(again)
+                return False
+            self.stats.produced += 1
+        self._spooling = False
+        self._broker_ok = True
+        return True
 
     async def _replay(self, records: list[SpoolRecord]) -> bool:
         """Send one spool batch and wait for the broker: True when all of it was acked."""
