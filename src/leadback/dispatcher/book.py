@@ -73,10 +73,6 @@ class Book:
         """Enabled campaigns on one audience."""
         return [c for c in self._by_audience.get((site, audience), []) if c.spec.enabled]
 
-    def live_campaigns(self) -> list[LiveCampaign]:
-        """Every loaded campaign, enabled or not."""
-        return list(self._campaigns.values())
-
     def campaign(self, site: str, campaign_id: str) -> LiveCampaign | None:
         return self._campaigns.get((site, campaign_id))
 

@@ -64,6 +64,7 @@ log = get_logger(__name__)
 
 PASS_LIMIT = 5_000
 STALE_CHECK_MS = 60_000
+MAX_BACKLOG_PER_DESTINATION = 20_000
 
 
 @dataclass
@@ -149,7 +150,7 @@ class Scheduler:
                 self._assigned_at[partition] = p.now
             for partition in self._assigned_at.keys() - owned:
                 del self._assigned_at[partition]
-            due = await self._steps.due(self._assigned_at, p.now, PASS_LIMIT, self._full())
+            due = await self._steps.due(self._assigned_at, p.now, PASS_LIMIT)
             if p.now >= self._stale_check_at:
                 self._stale_check_at = p.now + STALE_CHECK_MS
                 due += await self._steps.stale_sending(owned, p.now - ORPHAN_AFTER_MS, PASS_LIMIT)
@@ -215,8 +216,8 @@ class Scheduler:
         if kind is None:
             self._finish(r, p, live, "", destination, "failed", "destination_gone", dead=True)
             return
-        if self.backlog(destination) + len(p.messages.get(destination, ())) >= self.capacity(
-            destination
+        if self.backlog(destination) + len(p.messages.get(destination, ())) >= (
+            MAX_BACKLOG_PER_DESTINATION
         ):
             p.skipped += 1
             return  # stays pending: a slow destination's work waits in the store, not here
@@ -368,23 +369,6 @@ class Scheduler:
     def backlog(self, destination: str) -> int:
         queue = self.queues.get(destination)
         return queue.backlog if queue else 0
-
-    def capacity(self, destination: str) -> int:
-        queue = self.queues.get(destination)
-        return queue.capacity if queue else 100
-
-    def _full(self) -> list[tuple[str, str, int]]:
-        """(site, campaign, step) whose destination's queue is full: their due steps are left
-        out of the pass's page, so they cannot crowd out the steps of other destinations."""
-        full = {d for d in self.queues if self.backlog(d) >= self.capacity(d)}
-        if not full:
-            return []
-        return [
-            (live.spec.site, live.spec.id, i)
-            for live in self._book.live_campaigns()
-            for i, step in enumerate(live.spec.steps)
-            if step.destination in full
-        ]
 
     async def close(self) -> None:
         for queue in self.queues.values():

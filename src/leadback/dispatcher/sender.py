@@ -100,13 +100,6 @@ class DestinationQueue:
         """Messages waiting or being sent."""
         return self._queue.qsize() + self.stats.in_flight
 
-    @property
-    def capacity(self) -> int:
-        """How many messages may wait here: two rounds of full calls on every worker. More
-        would only sit in memory as `sending` while the destination is slow; they wait in
-        the store instead, where they do not cost the other destinations anything."""
-        return max(100, 2 * self._concurrency * self.channel.max_batch)
-
     async def _work(self) -> None:
         while True:
             batch = [await self._queue.get()]

@@ -120,17 +120,10 @@ class StepStore:
         )
         return [_row(r) for r in rows]
 
-    async def due(
-        self,
-        assigned_at: Mapping[int, int],
-        now_ms: int,
-        limit: int,
-        skip: Sequence[tuple[str, str, int]] = (),
-    ) -> list[StepRow]:
+    async def due(self, assigned_at: Mapping[int, int], now_ms: int, limit: int) -> list[StepRow]:
         """Steps to decide on the partitions of ``assigned_at`` (partition -> when this member
         got it), oldest first: pending ones due by ``now_ms``, and ``sending`` ones marked
-        before the member got the partition (their sender is gone; the outcome is unknown).
-        ``skip``: (site, campaign, step) left out (their destination is busy)."""
+        before the member got the partition (their sender is gone; the outcome is unknown)."""
         if not assigned_at:
             return []
         parts = sorted(assigned_at)
@@ -139,15 +132,8 @@ class StepStore:
             "WHERE partition IN {parts:Array(UInt32)} AND ("
             "(state = 'pending' AND due_at <= {now:Int64}) OR (state = 'sending' "
             "AND rev < arrayElement({since:Array(UInt64)}, indexOf({parts:Array(UInt32)}, "
-            "partition)))) AND NOT has({skip:Array(Tuple(String, String, UInt8))}, "
-            "(site_id, campaign_id, step)) ORDER BY due_at LIMIT {n:UInt32}",
-            {
-                "now": now_ms,
-                "parts": parts,
-                "since": [assigned_at[p] for p in parts],
-                "n": limit,
-                "skip": list(skip) or [("", "", 0)],
-            },
+            "partition)))) ORDER BY due_at LIMIT {n:UInt32}",
+            {"now": now_ms, "parts": parts, "since": [assigned_at[p] for p in parts], "n": limit},
         )
         return [_row(r) for r in rows]
 
