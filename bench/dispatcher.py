@@ -12,8 +12,9 @@ campaigns applied through ``CampaignRepository``: one campaign per destination, 
 
 * ``batched``: a webhook with ``batch_size`` 100 (one POST per 100 people);
 * ``single``: a webhook with ``batch_size`` 1 (one POST per person);
-* ``slow``: a webhook with ``batch_size`` 1 to a receiver that waits 2 s and answers 503 half
-  the time (200 otherwise); its campaign is enabled only for the last phase.
+* ``slow``: a webhook with ``batch_size`` 1 to a third receiver; its campaign is enabled for
+  both steady phases, and the receiver answers at once in the first and waits 2 s and answers
+  503 half the time (200 otherwise) in the second.
 
 Before changes are produced, what the send-time checks read is bulk-inserted: a ``memberships``
 row (state ``in``, the change's ``entered_at``) and a consent event (``all``, no GPC) per
@@ -24,9 +25,10 @@ person. Then the ``enter`` records go to the change topic, keyed ``site:person``
 2. ``backlog``: ``--persons`` changes produced at once; messages/s of ``batched`` and of
    ``single``, each from the first change produced to the last person's request received
    (the dispatcher process's CPU over the phase too).
-3. ``steady``: ``--rate`` changes/s for ``--seconds``; latency from each change's production to
-   its person's request at each receiver (p50, p99);
-4. ``steady + slow``: the same with the ``slow`` campaign enabled: the others must not move.
+3. ``steady``: ``--rate`` changes/s for ``--seconds``, all three destinations healthy; latency
+   from each change's production to its person's request at each receiver (p50, p99);
+4. ``steady + slow``: the same work with the third destination slow and failing: the others
+   must not move.
 
     python -m bench.dispatcher [--persons 20000] [--rate 500] [--seconds 20] [--rounds 3]
                                [--partitions 2] [--concurrency N] [--quick]
@@ -256,7 +258,7 @@ async def _load(conn: Connection, bootstrap: str) -> None:
     receivers = {
         "batched": Receiver("batched"),
         "single": Receiver("single"),
-        "slow": Receiver("slow", wait_s=SLOW_WAIT_S, failure_share=SLOW_FAILURE_SHARE),
+        "slow": Receiver("slow"),  # healthy until told otherwise ("slow" command)
     }
     servers = []
     ports: dict[str, int] = {}
@@ -276,6 +278,11 @@ async def _load(conn: Connection, bootstrap: str) -> None:
         if command == "reset":
             for r in receivers.values():
                 r.got = Received()
+            conn.send("ok")
+        elif command == "slow":  # the third destination turns slow and failing, or back
+            (on,) = args
+            receivers["slow"].wait_s = SLOW_WAIT_S if on else 0.0
+            receivers["slow"].failure_share = SLOW_FAILURE_SHARE if on else 0.0
             conn.send("ok")
         elif command == "counts":
             conn.send({name: len(r.got.first) for name, r in receivers.items()})
@@ -704,12 +711,16 @@ async def one_round(ctx: Ctx, i: int) -> dict[str, Any]:
     await run.start()
     try:
         backlog = await phase_backlog(ctx, store, run, topic)
-        steady = await phase_steady(ctx, store, run, topic)
+        # The third campaign takes part in both steady phases, so they do the same work; only
+        # its destination's behaviour changes: healthy, then slow (2 s) and failing (503).
         document = campaigns_yaml(ctx.load, slow=True, concurrency=ctx.args.concurrency)
         await repo.apply(parse_document(yaml.safe_load(document)), sites=None)
         await run.dispatcher.book.refresh()
         slow = run.dispatcher.book.campaign(SITE, "slow")
-        assert slow is not None and slow.spec.enabled, "the slow campaign did not load"
+        assert slow is not None and slow.spec.enabled, "the third campaign did not load"
+        await ctx.load.acall("slow", False)
+        steady = await phase_steady(ctx, store, run, topic)
+        await ctx.load.acall("slow", True)
         with_slow = await phase_steady(ctx, store, run, topic)
     finally:
         await run.close()
