@@ -3,7 +3,7 @@ config object and a config becomes a channel.
 
 Each channel module exposes ``<Kind>Config`` (a :class:`DestinationConfig` with ``kind``) and
 ``build(config, deps) -> Channel``; they are imported on first use, so a process that sends
-no push messages never imports pywebpush.
+no push messages never imports the web push libraries.
 """
 
 from __future__ import annotations
