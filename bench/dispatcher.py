@@ -69,7 +69,7 @@ from bench.segmenter import cpu_delta, thread_cpu
 from leadback.audiences.changes import change_record, encode, ms_timestamp
 from leadback.audiences.repository import AudienceRepository
 from leadback.audiences.rules import parse_audiences
-from leadback.broker import EmbeddedBroker
+from leadback.broker import EmbeddedBroker, _set_parent_death_signal
 from leadback.campaigns.document import parse_document
 from leadback.campaigns.repository import CampaignRepository
 from leadback.dispatcher.member import Dispatcher
@@ -249,6 +249,7 @@ class Producer:
 
 def load_main(conn: Connection, bootstrap: str, pin_core: int | None) -> None:
     """The load process: receivers on free ports (sent back first), then commands."""
+    _set_parent_death_signal()  # a killed benchmark must not leave its load running
     if pin_core is not None:
         pin(0, pin_core)
     asyncio.run(_load(conn, bootstrap))
