@@ -80,7 +80,8 @@ from leadback.kafka.consumer import GroupConsumer
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics
 from leadback.logs import configure_logging
-from leadback.settings import ClickHouseSettings, DispatcherSettings, KafkaSettings
+from leadback.service_settings import DispatcherSettings
+from leadback.settings import ClickHouseSettings, KafkaSettings
 from leadback.signed_tokens import TokenSigner
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate

@@ -48,7 +48,8 @@ from bench.common import CORE_CLIENT, CORE_SERVER, pin
 from leadback.broker import EmbeddedBroker
 from leadback.kafka.topics import ensure_topics
 from leadback.logs import configure_logging
-from leadback.settings import ClickHouseSettings, SegmenterSettings
+from leadback.service_settings import SegmenterSettings
+from leadback.settings import ClickHouseSettings
 
 GOAL_RATIO = 0.5  # segmenter with 20 audiences / raw insert, same round
 GOAL_PER_CORE = 100_000  # events per CPU second of the segmenter process
@@ -164,7 +165,8 @@ async def phase_segmenter(args: argparse.Namespace) -> dict[str, Any]:
     from leadback.kafka.config import producer_options
     from leadback.kafka.producer import KafkaRecordProducer
     from leadback.segmenter.service import build_engine, build_segmenter, change_producer
-    from leadback.settings import AudienceSettings, KafkaSettings, Settings
+    from leadback.service_settings import AudienceSettings
+    from leadback.settings import KafkaSettings, Settings
     from leadback.store.client import ClickHouseStore
     from leadback.store.migrations import migrate
 

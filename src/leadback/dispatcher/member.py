@@ -26,7 +26,7 @@ from leadback.errors import RetryableError
 from leadback.identity.contacts import ContactCipher
 from leadback.kafka.producer import RecordProducer
 from leadback.logs import get_logger
-from leadback.settings import DispatcherSettings
+from leadback.service_settings import DispatcherSettings
 from leadback.signed_tokens import TokenSigner
 from leadback.store.client import ClickHouseStore
 from leadback.stream.consumer import ConsumerFactory

@@ -27,7 +27,7 @@ from leadback.dispatcher.records import DispatchStats, InFlight, Rows, dead_from
 from leadback.dispatcher.steps import DONE, PENDING, StepRow, StepStore
 from leadback.errors import LeadbackError
 from leadback.logs import get_logger
-from leadback.settings import DispatcherSettings
+from leadback.service_settings import DispatcherSettings
 
 log = get_logger(__name__)
 

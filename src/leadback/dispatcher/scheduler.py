@@ -58,7 +58,7 @@ from leadback.dispatcher.steps import (
 )
 from leadback.errors import ConfigError
 from leadback.logs import get_logger
-from leadback.settings import DispatcherSettings
+from leadback.service_settings import DispatcherSettings
 
 log = get_logger(__name__)
 

@@ -9,7 +9,7 @@ from leadback.clock import Clock, SystemClock
 from leadback.segmenter.event_writer import BatchObserver, EventWriter
 from leadback.segmenter.intents import IntentLog
 from leadback.segmenter.quarantine import InvalidSink, Quarantine
-from leadback.settings import SegmenterSettings
+from leadback.service_settings import SegmenterSettings
 from leadback.store.client import ClickHouseStore
 from leadback.stream.consumer import ConsumerFactory
 from leadback.stream.loop import StreamLoop
