@@ -134,7 +134,6 @@ class OutcomeRecorder:
                         provider_id=result.provider_id or "",
                     )
                 )
-                self.stats.latencies_ms.append(now - r.change_at)
                 self.stats.count(self.stats.outcomes, f"{kind}:sent")
                 continue
             error = result

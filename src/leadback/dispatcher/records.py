@@ -28,7 +28,6 @@ class DispatchStats:
     passes: int = 0
     decided: dict[str, int] = field(default_factory=dict)  # status -> count
     outcomes: dict[str, int] = field(default_factory=dict)  # channel:status -> count
-    latencies_ms: list[float] = field(default_factory=list)  # change -> provider accepted
     dead: int = 0
 
     def count(self, table: dict[str, int], key: str, n: int = 1) -> None:
