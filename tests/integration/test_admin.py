@@ -385,7 +385,10 @@ async def test_explain_shows_the_compiled_sql(admin: Admin) -> None:
     r = await admin.http.get("/v1/sites/shop/audiences/viewers/explain")
     assert r.status_code == 200
     body = r.json()
-    assert "page_view" in body["rule"]
+    assert "page_view" in body["signals"]
+    [line] = [x for x in body["signals"].splitlines() if "page_view" in x]
+    column = line.split(":")[0]
+    assert column in body["rule"] and column in body["members"]
     assert "SELECT" in body["members"]
     assert admin.store.database in body["members"]
     assert "memberships FINAL" in body["previous"]

@@ -9,7 +9,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leadback.audiences.compiler import compile_rule, literal
+from leadback.audiences.compiler import compile_rule
+from leadback.audiences.predicates import literal
 from leadback.audiences.query import VersionedAudience, build_evaluation
 from leadback.audiences.rules import (
     AudienceSpec,
@@ -144,10 +145,24 @@ def test_statement_has_one_group_for_person_level_audiences() -> None:
     ]
     by_id: dict[str, AudienceSpec] = {s.id: s for s in specs}
     q = build_evaluation("db", [VersionedAudience(s, 1) for s in specs], by_id, incremental=True)
-    assert q.members.count("FROM ev GROUP BY person\n") == 1
-    assert "ARRAY JOIN arrayDistinct" in q.members
+    assert q.members.count("FROM st WHERE product = '' GROUP BY person\n") == 1
+    assert q.members.count("GROUP BY person, product\n") == 1
+    assert "FROM db.person_signals" in q.members
+    assert "FROM db.events" not in q.members
     assert "{vids:Array(String)}" in q.members
     assert q.thresholds == frozenset({3_600_000})
+    # idle reads the latest time; did the times of leads; the product audience its own.
+    kinds = {(s.predicate, s.product_key, s.times) for s in q.signals}
+    assert kinds == {
+        ("1", None, False),
+        ("(type = 'lead')", None, True),
+        ("(type = 'product_view')", "product_id", True),
+        ("1", "product_id", False),
+    }
+    raw = build_evaluation(
+        "db", [VersionedAudience(s, 1) for s in specs], by_id, incremental=True, source="events"
+    )
+    assert "FROM db.events" in raw.members and "person_signals" not in raw.members
 
 
 def test_the_shipped_examples_are_valid() -> None:

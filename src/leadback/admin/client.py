@@ -85,6 +85,13 @@ class AdminClient:
         result: dict[str, Any] = self._call("POST", "/v1/audiences:validate", json=document)
         return result
 
+    def audience_statuses(self, site: str | None = None) -> list[dict[str, Any]]:
+        params = {"site": site} if site else {}
+        result: list[dict[str, Any]] = self._call("GET", "/v1/audiences:status", params=params)[
+            "audiences"
+        ]
+        return result
+
     def list_audiences(self, site: str | None = None) -> list[dict[str, Any]]:
         params = {"site": site} if site else {}
         result: list[dict[str, Any]] = self._call("GET", "/v1/audiences", params=params)[

@@ -55,6 +55,29 @@ class AudienceSummary(BaseModel):
     updated_at: str
 
 
+class AudienceStatus(BaseModel):
+    """Whether an audience's current version is live, and how far it is on its way."""
+
+    site: str
+    id: str
+    version: int
+    state: Literal["live", "backfill", "evaluate", "pending"] = Field(
+        description="live: evaluated as events arrive; backfill: its new signals are being "
+        "computed over stored history; evaluate: everyone of the site is being evaluated; "
+        "pending: waiting for the segmenter to start on it"
+    )
+    done: int = Field(description="ranges done in the current phase")
+    total: int = Field(description="ranges in the current phase")
+    fraction: float = Field(description="done / total of the current phase (1 when live)")
+    rows_read: int = Field(description="events read by the backfill so far")
+    started_at: str | None = Field(description="when bringing this version live began")
+    updated_at: str | None
+
+
+class AudienceStatusList(BaseModel):
+    audiences: list[AudienceStatus]
+
+
 class AudienceList(BaseModel):
     audiences: list[AudienceSummary]
 
@@ -93,7 +116,13 @@ class DeleteResult(BaseModel):
 
 
 class Explanation(BaseModel):
-    rule: str = Field(description="the rule as a SQL boolean over one person's events")
+    rule: str = Field(
+        description="the rule as a SQL boolean over one person's signal columns (see signals)"
+    )
+    signals: str = Field(
+        description="one line per signal column: what it keeps (every matching time, or the "
+        "latest), per product or not, and the event test it applies when events are stored"
+    )
     members: str = Field(description="the statement that finds who qualifies among visitors")
     previous: str = Field(description="the statement that reads their stored memberships")
 

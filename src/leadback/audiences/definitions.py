@@ -1,16 +1,19 @@
 """The audience definitions an engine evaluates, as last loaded, with what is compiled from them
-(evaluation statements, the event types each audience reacts to), cached until they change."""
+(evaluation statements, the event types and signals each audience reads), cached until they
+change. An audience is *live* (evaluated as events arrive) once every signal it reads holds the
+stored history (:mod:`leadback.audiences.backfill`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from leadback.audiences.compiler import trigger_types
+from leadback.audiences.compiler import compile_rule, trigger_types
 from leadback.audiences.digest import BatchDigest
 from leadback.audiences.query import EvaluationQuery, build_evaluation
 from leadback.audiences.repository import StoredAudience
 from leadback.audiences.rules import AudienceSpec, references
+from leadback.audiences.signals import Signal, by_id
 
 
 class LoadedAudiences:
@@ -22,6 +25,8 @@ class LoadedAudiences:
         self._queries: dict[tuple[Any, ...], EvaluationQuery] = {}
         self._triggers: dict[tuple[str, str, int], frozenset[str] | None] = {}
         self._wanted: frozenset[str] | None = None
+        self._signals: dict[tuple[str, str, int], frozenset[Signal]] = {}
+        self._complete: frozenset[int] = frozenset()
 
     def load(self, stored: Sequence[StoredAudience]) -> None:
         """Take the stored definitions (deleted ones are left out); drop the caches if any
@@ -34,7 +39,37 @@ class LoadedAudiences:
             self._by_site = active
             self._queries.clear()
             self._triggers.clear()
+            self._signals.clear()
             self._wanted = None
+
+    def set_complete(self, signal_ids: set[int] | frozenset[int]) -> None:
+        """The signals whose state holds all stored history (the rest are being filled)."""
+        self._complete = frozenset(signal_ids)
+
+    def signals_of(self, audience: StoredAudience) -> frozenset[Signal]:
+        """The signals ``audience``'s rule reads (with those of audiences it refers to)."""
+        key = (audience.spec.site, audience.spec.id, audience.version)
+        found = self._signals.get(key)
+        if found is None:
+            found = compile_rule(audience.spec, self.specs(audience.spec.site)).signals
+            self._signals[key] = found
+        return found
+
+    def all_signals(self) -> list[Signal]:
+        """Every signal some active audience reads: what the feed must match."""
+        found: set[Signal] = set()
+        for site_audiences in self._by_site.values():
+            for a in site_audiences:
+                found |= self.signals_of(a)
+        return by_id(found)
+
+    def is_live(self, audience: StoredAudience) -> bool:
+        """Whether every signal ``audience`` reads is complete."""
+        return all(s.id in self._complete for s in self.signals_of(audience))
+
+    def live(self, site: str) -> list[StoredAudience]:
+        """Active audiences of ``site`` that are live."""
+        return [a for a in self._by_site.get(site, []) if self.is_live(a)]
 
     def sites(self) -> list[str]:
         """Sites with at least one active audience, sorted."""
@@ -62,15 +97,14 @@ class LoadedAudiences:
                     grew = True
         return [a for a in live if a.spec.id in changed]
 
-    def query(
-        self, site: str, evaluate: Sequence[StoredAudience], *, incremental: bool
-    ) -> EvaluationQuery:
-        """The evaluation statement for ``evaluate`` (compiled once per definition set)."""
-        key = (site, tuple((a.spec.id, a.version) for a in evaluate), incremental)
+    def query(self, site: str, evaluate: Sequence[StoredAudience]) -> EvaluationQuery:
+        """The statement evaluating ``evaluate`` for a set of persons (compiled once per
+        definition set)."""
+        key = (site, tuple((a.spec.id, a.version) for a in evaluate))
         query = self._queries.get(key)
         if query is None:
             query = build_evaluation(
-                self._db, [a.versioned for a in evaluate], self.specs(site), incremental=incremental
+                self._db, [a.versioned for a in evaluate], self.specs(site), incremental=True
             )
             self._queries[key] = query
         return query

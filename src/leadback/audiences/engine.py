@@ -1,25 +1,31 @@
 """The audience engine: keeps memberships right as events arrive and as time passes.
 
-It coordinates the parts, under one lock (versions are computed from the stored memberships):
+It coordinates the parts; whatever writes memberships holds one lock (versions are computed from
+the stored memberships):
 
 * :meth:`AudienceEngine.on_round` runs after the segmenter inserted a round of batches, before
   it commits: the round's identity events are applied (:mod:`leadback.identity.updates`), then
   the audiences those event types can change are evaluated for the persons the round touched
   (:mod:`~leadback.audiences.evaluation`).
-* :meth:`AudienceEngine.tick` runs on a timer: it picks up changed definitions (re-evaluating
-  the whole site for them, exiting everyone from deleted ones), evaluates the persons whose
-  ``due`` moment has passed (a cart becomes abandoned an hour later with no new event), and
-  sweeps the outbox now and then (:mod:`~leadback.audiences.outbox`).
+* :meth:`AudienceEngine.tick` runs on a timer: it picks up changed definitions (exiting
+  everyone from deleted ones at once; new and changed ones are brought live by a background
+  :class:`~leadback.audiences.refresh.Refresher`: backfill of their signals, then everyone of the
+  site evaluated, range by range), evaluates the persons whose ``due`` moment has passed (a cart
+  becomes abandoned an hour later with no new event), and sweeps the outbox now and then
+  (:mod:`~leadback.audiences.outbox`). Timer work takes the lock a chunk at a time, so a round
+  never waits for a whole pass.
 * Erasure (:mod:`~leadback.audiences.erasure`) and explain serve the admin API.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 
+from leadback.audiences.backfill import SignalBackfill
 from leadback.audiences.changes import ChangePublisher
 from leadback.audiences.compiler import compile_rule
 from leadback.audiences.definitions import LoadedAudiences
@@ -28,6 +34,7 @@ from leadback.audiences.erasure import Eraser, Erasure
 from leadback.audiences.evaluation import Evaluator
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import VersionedAudience, build_evaluation
+from leadback.audiences.refresh import Refresher
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec
 from leadback.clock import Clock, SystemClock
@@ -42,7 +49,7 @@ __all__ = ["AudienceEngine", "AudienceStats", "Erasure"]
 
 log = get_logger(__name__)
 
-_CHUNK = 20_000  # persons per statement in timer passes
+_CHUNK = 2_000  # persons per statement (and per hold of the lock) in timer passes
 _SWEEP_EVERY_S = 30.0
 _RELOAD_EVERY_S = 5.0  # definitions written by another process; in-process writes set `changed`
 _DUE_LOOKBACK_MS = 2 * 86_400_000
@@ -58,8 +65,11 @@ class AudienceEngine:
         *,
         clock: Clock | None = None,
         repository: AudienceRepository | None = None,
+        backfill_store: ClickHouseStore | None = None,
     ) -> None:
         self._store = store
+        # Backfills and their reads run on a client of their own: rounds do not queue behind.
+        self._backfill_store = backfill_store or ClickHouseStore(store.settings)
         self._clock = clock or SystemClock()
         self.repository = repository or AudienceRepository(store, clock=self._clock)
         self.identity = IdentityGraph(store, clock=self._clock)
@@ -77,6 +87,19 @@ class AudienceEngine:
         )
         self._eraser = Eraser(store, self.identity, self._evaluator)
         self._lock = asyncio.Lock()
+        self.backfill = SignalBackfill(self._backfill_store)
+        self.refresher = Refresher(
+            self._backfill_store,
+            self.backfill,
+            self._definitions,
+            self.repository,
+            self._evaluator,
+            self.identity,
+            lock=self._lock,
+            settle=self._settle_doubt,
+            clock=self._clock,
+        )
+        self._refreshing: asyncio.Task[None] | None = None
         self._last_due: dict[str, int] = {}
         self._last_sweep = -_SWEEP_EVERY_S
         self._last_reload = -_RELOAD_EVERY_S
@@ -85,10 +108,21 @@ class AudienceEngine:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Settle what a crash left in the outbox, load definitions, catch up on rules."""
+        """Settle what a crash left in the outbox, load definitions, start bringing new and
+        changed ones live (in the background: :meth:`refreshed` waits for it)."""
+        await self._backfill_store.connect()
         async with self._lock:
             await self._sweep()
             await self._reconcile()
+
+    async def close(self) -> None:
+        """Stop a refresh in progress (it resumes at the next start) and close the backfill's
+        client."""
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refreshing
+        await self._backfill_store.close()
 
     async def run(
         self,
@@ -108,29 +142,40 @@ class AudienceEngine:
             waiter.cancel()
             stopper.cancel()
             if stop.is_set():
-                return
+                break
             reload = self.changed.is_set() or (
                 self._clock.monotonic() - self._last_reload >= _RELOAD_EVERY_S
             )
             self.changed.clear()
             try:
-                await self.tick(leader=leader(), reload=reload)
+                await self.tick(leader=leader(), reload=reload, wait=False)
             except LeadbackError as exc:
                 # Store or broker trouble: the same pass runs again next tick.
                 log.error("audience tick failed", error=str(exc))
+        await self.close()
 
-    async def tick(self, *, leader: bool = True, reload: bool = True) -> None:
-        """Reload definitions (if ``reload``); as the leader also re-evaluate changed ones, run
-        the due pass and sweep the outbox now and then."""
+    async def tick(self, *, leader: bool = True, reload: bool = True, wait: bool = True) -> None:
+        """Reload definitions (if ``reload``); as the leader also bring changed ones live, run
+        the due pass and sweep the outbox now and then. ``wait``: until the definitions loaded
+        are live (else the refresh goes on in the background)."""
         async with self._lock:
             await self._settle_doubt()
             if reload:
                 await self._reconcile(refresh=leader)
-            if not leader:
-                return
-            await self._due_pass()
-            if self._clock.monotonic() - self._last_sweep >= _SWEEP_EVERY_S:
+        if not leader:
+            return
+        if wait:
+            await self.refreshed()
+        await self._due_pass()
+        if self._clock.monotonic() - self._last_sweep >= _SWEEP_EVERY_S:
+            async with self._lock:
                 await self._sweep()
+
+    async def refreshed(self) -> None:
+        """Wait until the refresh in progress (if any) is over; raise what stopped it."""
+        task = self._refreshing
+        if task is not None:
+            await asyncio.shield(task)
 
     def audiences(self, site: str) -> list[StoredAudience]:
         """Active audiences of a site, as last loaded."""
@@ -181,7 +226,7 @@ class AudienceEngine:
                 self.stats.identity_links += changes.links
                 # Only the audiences these event types can change (all of them when persons
                 # merged); the rest can only change with time, which the timer pass covers.
-                audiences = self._definitions.of_site(site)
+                audiences = self._definitions.live(site)
                 if not (changes.lost or changes.moved):
                     audiences = [
                         a for a in audiences if self._definitions.triggered(a, round_digest)
@@ -200,33 +245,27 @@ class AudienceEngine:
         self._last_reload = self._clock.monotonic()
         stored = await self.repository.all(include_deleted=True)
         self._definitions.load(stored)
+        self._definitions.set_complete(await self.backfill.complete())
         if not refresh:
             return
         evaluated = await self.repository.evaluated_versions()
         stale = [a for a in stored if evaluated.get((a.spec.site, a.spec.id)) != a.version]
-        for site in sorted({a.spec.site for a in stale}):
-            await self._refresh_site(site, [a for a in stale if a.spec.site == site])
-
-    async def _refresh_site(self, site: str, stale: list[StoredAudience]) -> None:
-        token = f"rules:{site}:{self.now_ms()}"
         for a in stale:
             if a.deleted:
-                await self._evaluator.exit_all(site, a, token=f"{token}:{a.spec.id}")
-        targets = self._definitions.with_dependents(
-            site, {a.spec.id for a in stale if not a.deleted}
-        )
-        if targets:
-            count = await self._evaluator.whole_site(
-                site, targets, token=token, exit_reason="rule_changed"
-            )
-            log.info(
-                "audiences re-evaluated",
-                site=site,
-                audiences=[a.spec.id for a in targets],
-                changes=count,
-            )
-        for a in stale:
-            await self.repository.mark_evaluated(site, a.spec.id, a.version)
+                token = f"rules:{a.spec.site}:{self.now_ms()}:{a.spec.id}"
+                await self._evaluator.exit_all(a.spec.site, a, token=token)
+                await self.repository.mark_evaluated(a.spec.site, a.spec.id, a.version)
+        live = [a for a in stale if not a.deleted]
+        incomplete = any(not self._definitions.is_live(a) for a in self._all_active())
+        if (live or incomplete) and (self._refreshing is None or self._refreshing.done()):
+            if self._refreshing is not None and not self._refreshing.cancelled():
+                failed = self._refreshing.exception()
+                if failed is not None:
+                    log.error("audience refresh failed; trying again", error=str(failed))
+            self._refreshing = asyncio.create_task(self.refresher.run(live))
+
+    def _all_active(self) -> list[StoredAudience]:
+        return [a for site in self._definitions.sites() for a in self._definitions.of_site(site)]
 
     # -- timer ----------------------------------------------------------------------------
 
@@ -243,7 +282,10 @@ class AudienceEngine:
             persons = sorted(str(r[0]) for r in rows)
             for i in range(0, len(persons), _CHUNK):
                 chunk = set(persons[i : i + _CHUNK])
-                await self._evaluator.persons(site, chunk, token=f"due:{site}:{now}:{i}")
+                # The lock a chunk at a time: a round waits for one chunk, not the pass.
+                async with self._lock:
+                    await self._settle_doubt()
+                    await self._evaluator.persons(site, chunk, token=f"due:{site}:{now}:{i}")
 
     # -- admin operations -----------------------------------------------------------------
 
@@ -253,7 +295,8 @@ class AudienceEngine:
         version: int = 0,
         site_audiences: dict[str, AudienceSpec] | None = None,
     ) -> dict[str, str]:
-        """The SQL an audience compiles to: its rule expression, the statement that finds who
+        """The SQL an audience compiles to: its rule expression over signal columns, the signals
+        (one line each: column, what it keeps, the event test), the statement that finds who
         qualifies among a batch's visitors, and the one that reads their memberships.
         ``site_audiences`` resolve ``in_audience`` (default: the definitions last loaded)."""
         site_specs = site_audiences
@@ -263,7 +306,17 @@ class AudienceEngine:
         query = build_evaluation(
             self._store.database, [VersionedAudience(spec, version)], site_specs, incremental=True
         )
-        return {"rule": rule.expression, "members": query.members, "previous": query.previous}
+        signals = "\n".join(
+            f"{sig.column}: {'times' if sig.times else 'latest time'}"
+            f"{f' per product ({sig.product_key})' if sig.product_key else ''} of {sig.predicate}"
+            for sig in sorted(rule.signals, key=lambda sig: sig.column)
+        )
+        return {
+            "rule": rule.expression,
+            "signals": signals,
+            "members": query.members,
+            "previous": query.previous,
+        }
 
     async def erase(self, site: str, *, visitor_id: str | None, user_id: str | None) -> Erasure:
         """Remove a visitor's or user's events, identity, contacts and memberships; exits first."""

@@ -17,6 +17,7 @@ log = get_logger(__name__)
 _ERASED = (
     ("events", "visitor_id", "v"),
     ("contacts", "visitor_id", "v"),
+    ("person_signals", "visitor_id", "v"),
     ("memberships", "person_id", "p"),
     ("audience_due", "person_id", "p"),
     ("audience_changes", "person_id", "p"),

@@ -53,8 +53,9 @@ class Evaluator:
         *,
         token: str,
         audiences: Sequence[StoredAudience] | None = None,
+        exit_reason: str = "no_longer_qualifies",
     ) -> int:
-        """Incremental evaluation of ``audiences`` (default: all of ``site``) for ``persons``
+        """Evaluation of ``audiences`` (default: the live ones of ``site``) for ``persons``
         (all their visitor ids); return the number of changes."""
         if not persons:
             return 0
@@ -62,19 +63,11 @@ class Evaluator:
         visitors = set().union(*members.values())
         return await self._evaluate(
             site,
-            self._definitions.of_site(site) if audiences is None else audiences,
+            self._definitions.live(site) if audiences is None else audiences,
             visitors=visitors,
             persons=persons,
             token=token,
-            exit_reason="no_longer_qualifies",
-        )
-
-    async def whole_site(
-        self, site: str, audiences: Sequence[StoredAudience], *, token: str, exit_reason: str
-    ) -> int:
-        """Evaluate ``audiences`` for everyone of ``site`` (a changed rule)."""
-        return await self._evaluate(
-            site, audiences, visitors=None, persons=None, token=token, exit_reason=exit_reason
+            exit_reason=exit_reason,
         )
 
     async def _evaluate(
@@ -82,21 +75,22 @@ class Evaluator:
         site: str,
         evaluate: Sequence[StoredAudience],
         *,
-        visitors: set[str] | None,
-        persons: set[str] | None,
+        visitors: set[str],
+        persons: set[str],
         token: str,
         exit_reason: str,
     ) -> int:
         if not evaluate:
             return 0
         started = self._clock.monotonic()
-        incremental = visitors is not None
-        query = self._definitions.query(site, evaluate, incremental=incremental)
+        query = self._definitions.query(site, evaluate)
         now = self.now_ms()
-        params: dict[str, Any] = {"site": site, "now": now}
-        if incremental:
-            params["vids"] = sorted(visitors or ())
-            params["persons"] = sorted(persons or ())
+        params: dict[str, Any] = {
+            "site": site,
+            "now": now,
+            "vids": sorted(visitors),
+            "persons": sorted(persons),
+        }
         qualifying: dict[Key, tuple[str, ...]] = {}
         dues: list[bytes] = []
         for audience_id, person, products, due in await self._store.query(query.members, params):
@@ -141,7 +135,7 @@ class Evaluator:
             )
         await self._outbox.write(token, changes, memberships)
         self._stats.evaluations += 1
-        self._stats.persons_evaluated += len(persons or ())
+        self._stats.persons_evaluated += len(persons)
         self._stats.last_evaluation_seconds = self._clock.monotonic() - started
         return len(changes)
 

@@ -1,25 +1,37 @@
 """The evaluation statements for one site: who qualifies now, and the stored memberships.
 
-See :mod:`leadback.audiences.compiler` for the shape. Parameters: ``site`` (String), ``now``
-(Int64 ms), and for an incremental pass ``vids`` (the visitors whose events to read) and
-``persons`` (the persons whose memberships to compare). The comparison itself is
-:func:`leadback.audiences.diff.transitions`: done in ClickHouse it cost more to plan than to run.
+See :mod:`leadback.audiences.compiler` for the rules' expressions. The statement reads ``st``:
+per person (visitors merged through ``identities``), signal and product, the times of the
+matching events and the latest one. It is read from ``person_signals`` (``source="signals"``,
+what the engine runs: a person's state is a few rows whatever their history) or computed from
+``events`` with the very expression the feed uses (``source="events"``: ``explain``, and the
+tests that prove both give the same members). Then:
+
+* person-level audiences: one ``GROUP BY person`` whose columns are the signals and whose
+  result is an array of the compiled rules, turned into (audience, person) rows by ``ARRAY JOIN``;
+* product-level audiences: one ``GROUP BY person, product`` each; a member carries the products
+  that qualify;
+* a pseudo-audience ``''`` row per person carries the next moment a time condition could flip
+  (``due``), for the timer pass.
+
+Parameters: ``site`` (String), ``now`` (Int64 ms), and for an incremental pass ``vids`` (the
+visitors whose state to read) and ``persons`` (the persons whose memberships to compare). The
+comparison itself is :func:`leadback.audiences.diff.transitions`: done in ClickHouse it cost
+more to plan than to run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-from leadback.audiences.compiler import (
-    NEVER,
-    NOW,
-    CompiledRule,
-    compile_rule,
-    literal,
-    product_ids_sql,
-)
+from leadback.audiences.compiler import NEVER, NOW, CompiledRule, compile_rule
+from leadback.audiences.predicates import literal
 from leadback.audiences.rules import AudienceSpec
+from leadback.audiences.signals import ELIGIBLE, Signal, by_id, entries_sql
+
+Source = Literal["signals", "events"]
 
 
 @dataclass(frozen=True)
@@ -40,10 +52,62 @@ class EvaluationQuery:
     previous: str
     rules: tuple[CompiledRule, ...]
     thresholds: frozenset[int]
+    signals: frozenset[Signal]
 
 
 def _array(values: Sequence[str | int]) -> str:
     return "[" + ", ".join(literal(v) if isinstance(v, str) else str(v) for v in values) + "]"
+
+
+def _columns(signals: Iterable[Signal]) -> str:
+    """One column per signal in a group of ``st`` rows: its times, or its latest time."""
+    cols = [
+        f"anyIf(ts, signal = {s.id}) AS {s.column}"
+        if s.times
+        else f"maxIf(last_t, signal = {s.id}) AS {s.column}"
+        for s in by_id(signals)
+    ]
+    return ", ".join(cols)
+
+
+def _ids(signals: Iterable[Signal]) -> str:
+    return "(" + ", ".join(str(s.id) for s in by_id(signals)) + ")"
+
+
+def _state(db: str, signals: frozenset[Signal], *, incremental: bool, source: Source) -> str:
+    """The ``st`` CTE: (person, signal, product, ts, last_t) for the site's candidates."""
+    ifilter = " AND visitor_id IN {vids:Array(String)}" if incremental else ""
+    identities = f"""(
+        SELECT visitor_id, argMax(person_id, version) AS person_id FROM {db}.identities
+        WHERE site_id = {{site:String}}{ifilter} GROUP BY visitor_id
+    ) AS idm"""
+    if source == "signals":
+        sfilter = " AND s.visitor_id IN {vids:Array(String)}" if incremental else ""
+        return f"""st AS (
+    SELECT if(idm.person_id != '', idm.person_id, s.visitor_id) AS person, s.signal AS signal,
+        s.product AS product, arrayMap(x -> x.1, groupUniqArrayMerge(s.times)) AS ts,
+        max(s.last_t) AS last_t
+    FROM {db}.person_signals AS s
+    LEFT ANY JOIN {identities} ON s.visitor_id = idm.visitor_id
+    WHERE s.site_id = {{site:String}}{sfilter} AND s.signal IN {_ids(signals)}
+    GROUP BY person, signal, product
+)"""
+    return f"""st AS (
+    SELECT if(idm.person_id != '', idm.person_id, e.visitor_id) AS person, e.signal AS signal,
+        e.product AS product, arrayMap(x -> x.1, groupUniqArrayIf((e.t, e.h), e.keep = 1)) AS ts,
+        max(e.t) AS last_t
+    FROM (
+        SELECT visitor_id, t, h, entry.1 AS signal, entry.2 AS product, entry.3 AS keep
+        FROM (
+            SELECT visitor_id, toUnixTimestamp64Milli(occurred_at) AS t,
+                cityHash64(event_id) AS h, {entries_sql(signals)} AS entries
+            FROM {db}.events
+            WHERE site_id = {{site:String}}{ifilter} AND {ELIGIBLE}
+        ) ARRAY JOIN entries AS entry
+    ) AS e
+    LEFT ANY JOIN {identities} ON e.visitor_id = idm.visitor_id
+    GROUP BY person, signal, product
+)"""
 
 
 def build_evaluation(
@@ -52,56 +116,55 @@ def build_evaluation(
     site_audiences: dict[str, AudienceSpec],
     *,
     incremental: bool,
+    source: Source = "signals",
 ) -> EvaluationQuery:
     """The statements that evaluate ``evaluate`` (audiences of one site)."""
     rules = [compile_rule(a.spec, site_audiences) for a in evaluate]
     thresholds = frozenset().union(*(r.thresholds for r in rules)) if rules else frozenset()
+    signals: frozenset[Signal] = frozenset().union(*(r.signals for r in rules))
     person_level = [(a, r) for a, r in zip(evaluate, rules, strict=True) if a.spec.products is None]
     product_level = [(a, r) for a, r in zip(evaluate, rules, strict=True) if a.spec.products]
-    vfilter = " AND e.visitor_id IN {vids:Array(String)}" if incremental else ""
-    ifilter = " AND visitor_id IN {vids:Array(String)}" if incremental else ""
     pfilter = " AND person_id IN {persons:Array(String)}" if incremental else ""
 
-    ids = ["", *(a.spec.id for a, _ in person_level)]
-    members = ["toUInt8(0)", *(f"toUInt8({r.expression})" for _, r in person_level)]
-    due = _due_sql(thresholds)
-    fresh = [
-        f"""SELECT audience_id, person, member, emptyArrayString() AS products, due
+    fresh: list[str] = []
+    if person_level:
+        person_signals = frozenset().union(*(r.signals for _, r in person_level))
+        ids = [a.spec.id for a, _ in person_level]
+        members = [f"toUInt8({r.expression})" for _, r in person_level]
+        fresh.append(
+            f"""SELECT audience_id, person, member, emptyArrayString() AS products,
+        toInt64({NEVER}) AS due
     FROM (
-        SELECT person, [{", ".join(members)}] AS ms, {due} AS due
-        FROM ev GROUP BY person
+        SELECT person, [{", ".join(members)}] AS ms FROM (
+            SELECT person, {_columns(person_signals)}
+            FROM st WHERE product = '' GROUP BY person
+        )
     ) ARRAY JOIN ms AS member, {_array(ids)} AS audience_id"""
-    ]
+        )
     for a, r in product_level:
-        assert a.spec.products is not None
         fresh.append(
             f"""SELECT {literal(a.spec.id)} AS audience_id, person, toUInt8(1) AS member,
         products, toInt64({NEVER}) AS due
     FROM (
         SELECT person, arraySort(groupArrayIf(product, ok)) AS products FROM (
-            SELECT person, product, toUInt8({r.expression}) AS ok
-            FROM ev ARRAY JOIN {product_ids_sql(a.spec.products.property)} AS product
-            GROUP BY person, product
+            SELECT person, product, toUInt8({r.expression}) AS ok FROM (
+                SELECT person, product, {_columns(r.signals)}
+                FROM st WHERE product != '' AND signal IN {_ids(r.signals)}
+                GROUP BY person, product
+            )
         ) GROUP BY person
     ) WHERE notEmpty(products)"""
+        )
+    if thresholds:
+        fresh.append(
+            f"""SELECT '' AS audience_id, person, toUInt8(0) AS member,
+        emptyArrayString() AS products, {_due_sql(thresholds)} AS due
+    FROM st GROUP BY person"""
         )
     all_ids = [a.spec.id for a in evaluate]
     union = "\n    UNION ALL\n    ".join(fresh)
     members_sql = f"""WITH
-ev AS (
-    SELECT if(idm.person_id != '', idm.person_id, e.visitor_id) AS person,
-        e.event_id AS event_id, e.type AS type, e.name AS name,
-        toUnixTimestamp64Milli(e.received_at) AS t,
-        e.properties AS properties, e.url AS url, e.referrer AS referrer, e.utm AS utm,
-        e.click_ids AS click_ids, e.context AS context
-    FROM {db}.events AS e
-    LEFT ANY JOIN (
-        SELECT visitor_id, argMax(person_id, version) AS person_id FROM {db}.identities
-        WHERE site_id = {{site:String}}{ifilter} GROUP BY visitor_id
-    ) AS idm ON e.visitor_id = idm.visitor_id
-    WHERE e.site_id = {{site:String}}{vfilter}
-        AND NOT e.bot AND NOT startsWith(e.visitor_id, 'e:') AND e.source != 'signal'
-)
+{_state(db, signals, incremental=incremental, source=source)}
 SELECT audience_id, person, products, if(due >= {NEVER}, 0, due) AS due FROM (
     {union}
 )
@@ -109,19 +172,16 @@ WHERE member = 1 OR (audience_id = '' AND due < {NEVER})"""
     previous_sql = f"""SELECT audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
-    return EvaluationQuery(members_sql, previous_sql, tuple(rules), thresholds)
+    return EvaluationQuery(members_sql, previous_sql, tuple(rules), thresholds, signals)
 
 
 def _due_sql(thresholds: frozenset[int]) -> str:
     """The next time after ``now`` at which a time condition could change for this person:
-    an event's time plus a threshold (window end, idle limit...), or a future event's time."""
-    if not thresholds:
-        return f"toInt64({NEVER})"
+    a recent signal time plus a threshold (window end, idle limit...)."""
     horizon = max(thresholds)
     ds = _array(sorted(thresholds))
-    recent = f"groupArrayIf(t, t > {NOW} - {horizon})"
+    recent = f"groupArrayArray(arrayFilter(x -> x > {NOW} - {horizon}, arrayConcat(ts, [last_t])))"
     return (
         f"arrayMin(arrayConcat(arrayFilter(d -> d > {NOW}, arrayFlatten(arrayMap("
-        f"k -> arrayMap(s -> s + k, {recent}), {ds}))), groupArrayIf(t, t > {NOW}), "
-        f"[toInt64({NEVER})]))"
+        f"k -> arrayMap(s -> s + k, {recent}), {ds}))), [toInt64({NEVER})]))"
     )

@@ -116,6 +116,63 @@ def audiences_list(
     )
 
 
+@audiences_app.command("status")
+def audiences_status(
+    site: Annotated[str | None, typer.Option(help="only this site")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="progress bars until every audience is live")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="seconds between polls with --watch")] = 1.0,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Which audiences are live; for a new or changed one, the backfill of its signals over
+    stored history and the evaluation of the site, as ranges done."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with one_line_errors(), admin_client(url, token) as client:
+        found = client.audience_statuses(site)
+        if not watch:
+            echo_table(
+                ["SITE", "ID", "VERSION", "STATE", "PROGRESS", "EVENTS READ"],
+                [
+                    [
+                        a["site"],
+                        a["id"],
+                        str(a["version"]),
+                        a["state"],
+                        _progress(a),
+                        str(a["rows_read"]),
+                    ]
+                    for a in found
+                ],
+            )
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, transient=False) as bars:
+            tasks: dict[tuple[str, str], Any] = {}
+            while True:
+                for a in found:
+                    key = (a["site"], a["id"])
+                    label = f"{a['site']}/{a['id']} v{a['version']} {a['state']}"
+                    total = max(int(a["total"]), 1)
+                    done = total if a["state"] == "live" else int(a["done"])
+                    if key not in tasks:
+                        tasks[key] = bars.add_task(label, total=total)
+                    bars.update(tasks[key], description=label, total=total, completed=done)
+                if all(a["state"] == "live" for a in found):
+                    return
+                time.sleep(interval)
+                found = client.audience_statuses(site)
+
+
+def _progress(a: dict[str, Any]) -> str:
+    ranges = f" ({a['done']}/{a['total']})" if a["total"] and a["state"] != "live" else ""
+    return f"{a['fraction']:.0%}{ranges}"
+
+
 @audiences_app.command("show")
 def audiences_show(
     site: SiteArg, audience_id: AudienceArg, url: UrlOption = None, token: TokenOption = None
@@ -150,7 +207,8 @@ def audiences_explain(
     with one_line_errors(), admin_client(url, token) as client:
         r = client.explain(site, audience_id)
     typer.echo(
-        f"-- rule\n{r['rule']}\n\n-- who qualifies\n{r['members']}\n\n"
+        f"-- rule\n{r['rule']}\n\n-- signals (kept per person as events are stored)\n"
+        f"{r.get('signals', '')}\n\n-- who qualifies\n{r['members']}\n\n"
         f"-- stored memberships\n{r['previous']}"
     )
 

@@ -13,6 +13,8 @@ from leadback.admin.schemas import (
     ApplyResult,
     AudienceDetail,
     AudienceList,
+    AudienceStatus,
+    AudienceStatusList,
     AudienceSummary,
     Definition,
     DeleteResult,
@@ -22,6 +24,7 @@ from leadback.admin.schemas import (
     ValidateResult,
     WriteResult,
 )
+from leadback.audiences.refresh import refresh_statuses, state_of
 from leadback.audiences.repository import Written
 from leadback.audiences.rules import format_duration, parse_audience
 from leadback.audiences.validation import AudienceSet, parse_audience_set
@@ -64,6 +67,36 @@ async def list_audiences(site: SiteFilter, repo: Repository, members: Members) -
             for a in stored
         ]
     )
+
+
+@router.get("/audiences:status", summary="Which audiences are live, and backfill progress")
+async def audience_statuses(site: SiteFilter, ctx: Ctx) -> AudienceStatusList:
+    """Per active audience: ``live`` once its current version is evaluated as events arrive;
+    before that the phase it is in (``backfill`` of its new signals over stored history, then
+    ``evaluate`` of everyone of the site) with ranges done of the phase."""
+    stored = [a for a in await ctx.repository.all() if site is None or a.spec.site == site]
+    evaluated = await ctx.repository.evaluated_versions()
+    latest = {(r.site, r.audience_id, r.version): r for r in await refresh_statuses(ctx.store)}
+    found = []
+    for a in stored:
+        status = latest.get((a.spec.site, a.spec.id, a.version))
+        state = state_of(a, evaluated.get((a.spec.site, a.spec.id)), status)
+        live = state == "live"
+        found.append(
+            AudienceStatus(
+                site=a.spec.site,
+                id=a.spec.id,
+                version=a.version,
+                state=state,
+                done=status.done if status else 0,
+                total=status.total if status else 0,
+                fraction=1.0 if live else status.fraction if status else 0.0,
+                rows_read=status.rows_read if status else 0,
+                started_at=format_datetime(status.started_at) if status else None,
+                updated_at=format_datetime(status.updated_at) if status else None,
+            )
+        )
+    return AudienceStatusList(audiences=found)
 
 
 @router.post("/audiences:apply", summary="Create or update several audiences at once")
@@ -149,4 +182,6 @@ async def explain_audience(
     stored = await repo.get(site, audience_id)
     site_audiences = {a.spec.id: a.spec for a in await repo.site(site)}
     sql = engine.explain(stored.spec, stored.version, site_audiences)
-    return Explanation(rule=sql["rule"], members=sql["members"], previous=sql["previous"])
+    return Explanation(
+        rule=sql["rule"], signals=sql["signals"], members=sql["members"], previous=sql["previous"]
+    )

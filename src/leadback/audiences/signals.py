@@ -1,0 +1,141 @@
+"""Signals: the per-person state audiences are evaluated on, kept as events arrive.
+
+A *signal* is one event predicate of one site (an audience rule's ``did``/``then`` step, or "any
+event" for ``idle``/``seen_within``), optionally per product. For every visitor (and product) the
+``person_signals`` table keeps the times of the events that matched it — as a set of
+``(occurred_at ms, event hash)`` pairs, so a retried or re-imported event counts once — and the
+time of the latest. A rule is then a few array functions over those times
+(:mod:`leadback.audiences.compiler`), and evaluating a person reads a handful of compact rows
+instead of the person's whole event history.
+
+Who fills it:
+
+* a materialized view on ``events`` (the *feed*, :func:`feed_sql`) matches every inserted block
+  against the signals of the loaded audiences: each event is tested once, when it is stored;
+* a new signal is *backfilled* over the history already stored (:mod:`~.backfill`), range by
+  range of visitors. Both may write the same event: the set semantics make that harmless.
+
+A signal's id is a hash of what it tests (site, product key, predicate), so audiences that test
+the same thing share it and a definition that changes only its windows needs no backfill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from leadback.audiences.predicates import literal, product_ids_sql
+
+#: Events audiences never see (bots, visitors without a recognisable id, channel signals).
+ELIGIBLE = "NOT bot AND NOT startsWith(visitor_id, 'e:') AND source != 'signal'"
+#: The per-event value the feed produces: (signal, product, keep times).
+ENTRY_TYPE = "Array(Tuple(UInt64, String, UInt8))"
+FEED_PREFIX = "person_signals_feed_"
+
+
+@dataclass(frozen=True)
+class Signal:
+    """An event predicate of one site whose matching events are kept per visitor.
+
+    ``predicate``: SQL over one ``events`` row (``1``: any event); ``product_key``: kept per
+    product id found in ``properties.<key>`` / ``properties.items[].<key>`` (``None``: per
+    person); ``times``: keep every matching time (else only the latest, which is all
+    ``idle``/``seen_within`` need)."""
+
+    site: str
+    predicate: str
+    product_key: str | None
+    times: bool
+
+    @property
+    def id(self) -> int:
+        """Stable id: the same test on the same site is the same signal in every process."""
+        text = f"{self.site}\x00{self.product_key or ''}\x00{int(self.times)}\x00{self.predicate}"
+        value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+        return value or 1
+
+    @property
+    def column(self) -> str:
+        """The column an evaluation statement exposes it as."""
+        return f"s{self.id:x}"
+
+
+def by_id(signals: Iterable[Signal]) -> list[Signal]:
+    """``signals`` once each, in a stable order (statements and view names do not churn)."""
+    return sorted(set(signals), key=lambda s: s.id)
+
+
+def any_event(site: str, product_key: str | None) -> Signal:
+    """The signal of every event (of a product, for product-level audiences)."""
+    return Signal(site, "1", product_key, times=False)
+
+
+def _entries(signals: Sequence[Signal], product_ids: dict[str, str]) -> str:
+    """The entries one event row makes for ``signals`` (all of one site)."""
+    parts: list[str] = []
+    person = [s for s in signals if s.product_key is None]
+    if person:
+        items = ", ".join(
+            f"(if({s.predicate}, toUInt64({s.id}), toUInt64(0)), '', toUInt8({int(s.times)}))"
+            for s in person
+        )
+        parts.append(f"arrayFilter(x -> x.1 != 0, [{items}])")
+    for s in signals:
+        if s.product_key is not None:
+            ids = product_ids[s.product_key]
+            parts.append(
+                f"arrayMap(p -> (toUInt64({s.id}), p, toUInt8({int(s.times)})), "
+                f"if({s.predicate}, {ids}, emptyArrayString()))"
+            )
+    if not parts:
+        return f"CAST([], '{ENTRY_TYPE}')"
+    return parts[0] if len(parts) == 1 else f"arrayConcat({', '.join(parts)})"
+
+
+def entries_sql(signals: Iterable[Signal]) -> str:
+    """SQL over one ``events`` row: the (signal, product, keep times) entries it makes, for
+    ``signals`` of any number of sites (each site's predicates only run on its rows)."""
+    by_site: dict[str, list[Signal]] = {}
+    for s in by_id(signals):
+        by_site.setdefault(s.site, []).append(s)
+    keys = {s.product_key for s in by_id(signals) if s.product_key is not None}
+    product_ids = {k: product_ids_sql(k) for k in keys}
+    if not by_site:
+        return f"CAST([], '{ENTRY_TYPE}')"
+    branches: list[str] = []
+    for site, site_signals in sorted(by_site.items()):
+        branches.append(f"site_id = {literal(site)}, {_entries(site_signals, product_ids)}")
+    return f"multiIf({', '.join(branches)}, CAST([], '{ENTRY_TYPE}'))"
+
+
+def state_select(db: str, signals: Iterable[Signal], where: str = "") -> str:
+    """``person_signals`` rows (as aggregate states) of the ``events`` rows matching ``where``:
+    the feed's statement, and the backfill's for one range."""
+    condition = ELIGIBLE + (f" AND {where}" if where else "")
+    return f"""SELECT site_id, visitor_id, entry.1 AS signal, entry.2 AS product,
+    groupUniqArrayStateIf((t, h), entry.3 = 1) AS times, max(t) AS last_t
+FROM (
+    SELECT site_id, visitor_id, toUnixTimestamp64Milli(occurred_at) AS t,
+        cityHash64(event_id) AS h, {entries_sql(signals)} AS entries
+    FROM {db}.events
+    WHERE {condition}
+)
+ARRAY JOIN entries AS entry
+GROUP BY site_id, visitor_id, signal, product"""
+
+
+def feed_name(signals: Iterable[Signal]) -> str:
+    """The feed view's name for a signal set: a new set is a new view, created before the old
+    one is dropped, so no inserted block is missed in between."""
+    ids = ",".join(str(s.id) for s in by_id(signals))
+    return FEED_PREFIX + hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def feed_sql(db: str, signals: Iterable[Signal]) -> str:
+    """The materialized view feeding ``person_signals`` from every insert into ``events``."""
+    chosen = list(signals)
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{feed_name(chosen)} "
+        f"TO {db}.person_signals AS\n{state_select(db, chosen)}"
+    )
