@@ -31,7 +31,7 @@ from leadback.audiences.compiler import compile_rule
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.digest import BatchDigest, digest, merge
 from leadback.audiences.erasure import Eraser, Erasure
-from leadback.audiences.evaluation import Evaluator
+from leadback.audiences.evaluation import Evaluator, Outcome
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import VersionedAudience, build_evaluation
 from leadback.audiences.refresh import Refresher
@@ -219,6 +219,7 @@ class AudienceEngine:
         events = [orjson.loads(line) for line in round_digest.identity]
         async with self._lock:
             await self._settle_doubt()
+            outcome = Outcome()
             for site in sorted({*by_site, *(str(e.get("site_id")) for e in events)}):
                 site_token = f"{token}|{site}"
                 site_events = [e for e in events if e.get("site_id") == site]
@@ -235,9 +236,11 @@ class AudienceEngine:
                     continue
                 visitors = by_site.get(site, set()) | changes.moved
                 persons = set((await self.identity.persons_of(site, visitors)).values())
-                await self._evaluator.persons(
-                    site, persons | changes.lost, token=site_token, audiences=audiences
+                found = await self._evaluator.assess(
+                    site, persons | changes.lost, token=token, audiences=audiences
                 )
+                outcome.extend(found)
+            await self._evaluator.commit(outcome, token=token)
 
     # -- definitions ----------------------------------------------------------------------
 

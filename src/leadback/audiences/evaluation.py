@@ -9,6 +9,7 @@ new event (``audience_due``, read by the timer pass).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,6 +21,20 @@ from leadback.audiences.repository import StoredAudience
 from leadback.clock import Clock
 from leadback.identity.graph import IdentityGraph
 from leadback.store.client import ClickHouseStore
+
+
+@dataclass
+class Outcome:
+    """What an evaluation found, to write: change records, membership rows, due times."""
+
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    memberships: list[bytes] = field(default_factory=list)
+    dues: list[bytes] = field(default_factory=list)
+
+    def extend(self, other: Outcome) -> None:
+        self.changes.extend(other.changes)
+        self.memberships.extend(other.memberships)
+        self.dues.extend(other.dues)
 
 
 class Evaluator:
@@ -55,34 +70,31 @@ class Evaluator:
         audiences: Sequence[StoredAudience] | None = None,
         exit_reason: str = "no_longer_qualifies",
     ) -> int:
-        """Evaluation of ``audiences`` (default: the live ones of ``site``) for ``persons``
-        (all their visitor ids); return the number of changes."""
-        if not persons:
-            return 0
-        members = await self._identity.visitors_of(site, persons)
-        visitors = set().union(*members.values())
-        return await self._evaluate(
-            site,
-            self._definitions.live(site) if audiences is None else audiences,
-            visitors=visitors,
-            persons=persons,
-            token=token,
-            exit_reason=exit_reason,
+        """Evaluate ``audiences`` (default: the live ones of ``site``) for ``persons`` (all
+        their visitor ids) and write the outcome; return the number of changes."""
+        outcome = await self.assess(
+            site, persons, token=token, audiences=audiences, exit_reason=exit_reason
         )
+        return await self.commit(outcome, token=token)
 
-    async def _evaluate(
+    async def assess(
         self,
         site: str,
-        evaluate: Sequence[StoredAudience],
-        *,
-        visitors: set[str],
         persons: set[str],
+        *,
         token: str,
-        exit_reason: str,
-    ) -> int:
-        if not evaluate:
-            return 0
+        audiences: Sequence[StoredAudience] | None = None,
+        exit_reason: str = "no_longer_qualifies",
+    ) -> Outcome:
+        """The transitions of ``persons`` in ``audiences`` (default: the live ones of
+        ``site``), not written yet: a round gathers every site's, then commits them once."""
+        evaluate = self._definitions.live(site) if audiences is None else audiences
+        outcome = Outcome()
+        if not persons or not evaluate:
+            return outcome
         started = self._clock.monotonic()
+        members = await self._identity.visitors_of(site, persons)
+        visitors = set().union(*members.values())
         query = self._definitions.query(site, evaluate)
         now = self.now_ms()
         params: dict[str, Any] = {
@@ -92,7 +104,7 @@ class Evaluator:
             "persons": sorted(persons),
         }
         qualifying: dict[Key, tuple[str, ...]] = {}
-        dues: list[bytes] = []
+        dues = outcome.dues
         for audience_id, person, products, due in await self._store.query(query.members, params):
             if audience_id:
                 qualifying[(audience_id, person)] = tuple(products)
@@ -104,8 +116,6 @@ class Evaluator:
         }
         ttl = {a.spec.id: a.spec.ttl or 0 for a in evaluate}
         versions = {a.spec.id: a.version for a in evaluate}
-        changes: list[dict[str, Any]] = []
-        memberships: list[bytes] = []
         found = transitions(qualifying, stored, ttl_ms=ttl, now=now, exit_reason=exit_reason)
         for tr in found:
             row = {
@@ -117,9 +127,9 @@ class Evaluator:
                 "entered_at": tr.entered_at,
                 "audience_version": versions[tr.audience_id],
             }
-            memberships.append(orjson.dumps({**row, "state": tr.state, "changed_at": now}))
+            outcome.memberships.append(orjson.dumps({**row, "state": tr.state, "changed_at": now}))
             if tr.change:
-                changes.append(
+                outcome.changes.append(
                     {**row, "change": tr.change, "reason": tr.reason, "at": now, "token": token}
                 )
             if tr.change == "enter" and ttl[tr.audience_id]:
@@ -127,17 +137,22 @@ class Evaluator:
                 dues.append(
                     orjson.dumps({"site_id": site, "due_at": due_at, "person_id": tr.person})
                 )
-        if dues:
-            # Before the outbox: a due time written twice only costs one more evaluation, one
-            # lost would leave a membership waiting for the person's next event.
-            await self._store.insert_json_rows(
-                "audience_due", b"\n".join(dues), dedup_token=f"due:{token}"
-            )
-        await self._outbox.write(token, changes, memberships)
         self._stats.evaluations += 1
         self._stats.persons_evaluated += len(persons)
         self._stats.last_evaluation_seconds = self._clock.monotonic() - started
-        return len(changes)
+        return outcome
+
+    async def commit(self, outcome: Outcome, *, token: str) -> int:
+        """Write what :meth:`assess` found (every site of a round at once: a few inserts per
+        round, not per site); return the number of changes."""
+        if outcome.dues:
+            # Before the outbox: a due time written twice only costs one more evaluation, one
+            # lost would leave a membership waiting for the person's next event.
+            await self._store.insert_json_rows(
+                "audience_due", b"\n".join(outcome.dues), dedup_token=f"due:{token}"
+            )
+        await self._outbox.write(token, outcome.changes, outcome.memberships)
+        return len(outcome.changes)
 
     async def exit_members(
         self,
