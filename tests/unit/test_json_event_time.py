@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from leadback.clock import ManualClock
+from leadback.errors import ConfigError
 from leadback.ingest.app import IngestApp, create_app
 from leadback.settings import Settings, load_settings
 from tests.unit.ingest_kit import CapturingDelivery, post
@@ -106,3 +107,12 @@ async def test_openapi_documents_the_event_times(app: IngestApp) -> None:
     assert "sent_at - timestamp" in event["timestamp"]["description"]
     assert "batch" in event["sent_at"]["description"]
     assert "sent_at" in schema["properties"]
+
+
+def test_the_lag_is_a_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert load_settings(data_dir=tmp_path).ingest.event_time_max_lag_ms == 7 * 86_400_000
+    monkeypatch.setenv("LEADBACK_INGEST_EVENT_TIME_MAX_LAG_S", "3600")
+    assert load_settings(data_dir=tmp_path).ingest.event_time_max_lag_ms == 3_600_000
+    monkeypatch.setenv("LEADBACK_INGEST_EVENT_TIME_MAX_LAG_S", "-1")
+    with pytest.raises(ConfigError, match="event_time_max_lag_s"):
+        load_settings(data_dir=tmp_path)
