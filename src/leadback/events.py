@@ -7,11 +7,17 @@ events stay ordered in one partition. ``schema_version`` changes only with a new
 ``visitor_id`` is the id audiences are computed on: the first-party ``anonymous_id`` when there
 is one, else ``u:<user_id>``, else ``e:<event_id>`` (a visitor without consent to be
 recognised is not linked across events).
+
+Times: ``received_at`` is the server's clock when ingest took the event; ``sent_at`` the
+client's clock when it sent it (as the client says); ``occurred_at`` when the event happened,
+the client's event time corrected for its clock skew and clamped by
+:mod:`leadback.event_time`. Records written before ``occurred_at`` existed lack the key; the
+store fills it with ``received_at``.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypedDict
 
 SCHEMA_VERSION: Final = 1
@@ -88,6 +94,7 @@ class CanonicalEvent(TypedDict):
     name: str | None
     sent_at: str | None
     received_at: str
+    occurred_at: str  # event time (leadback.event_time): audience windows are measured on it
     anonymous_id: str | None
     user_id: str | None
     traits: dict[str, Any]
@@ -128,13 +135,25 @@ _TS_CACHE_SIZE = 4096
 _ts_prefixes: dict[int, str] = {}
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
 def format_ts(ts: float) -> str:
     """Unix seconds -> ``2026-11-23T07:00:00.123Z`` (UTC, milliseconds).
 
-    Callers pass their injected clock's time. Formatted seconds are cached: on the pixel path
-    most calls share a few of them (the server's clock and the clients' send times).
+    Callers pass their injected clock's time.
     """
-    second, ms = divmod(int(ts * 1000), 1000)
+    return format_ms(int(ts * 1000))
+
+
+def format_ms(epoch_ms: int) -> str:
+    """Unix milliseconds -> ``2026-11-23T07:00:00.123Z`` (UTC).
+
+    Formatted seconds are cached: on the pixel path most calls share a few of them (the
+    server's clock and the clients' send times).
+    """
+    second, ms = divmod(epoch_ms, 1000)
     prefix = _ts_prefixes.get(second)
     if prefix is None:
         if len(_ts_prefixes) >= _TS_CACHE_SIZE:
@@ -144,8 +163,14 @@ def format_ts(ts: float) -> str:
     return f"{prefix}.{ms:03d}Z"
 
 
-def format_datetime(value: datetime) -> str:
-    """A datetime (naive means UTC) -> canonical timestamp string."""
+def datetime_ms(value: datetime) -> int:
+    """A datetime (naive means UTC) -> Unix milliseconds, exactly (integer arithmetic: a float
+    of seconds could turn ``.123`` into ``.122``)."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return format_ts(value.timestamp())
+    return (value - _EPOCH) // _ONE_MS
+
+
+def format_datetime(value: datetime) -> str:
+    """A datetime (naive means UTC) -> canonical timestamp string."""
+    return format_ms(datetime_ms(value))

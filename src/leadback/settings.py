@@ -181,6 +181,18 @@ class IngestSettings(BaseModel):
         3.0, gt=0, description="unacknowledged sends older than this mark the broker away"
     )
     shutdown_timeout_s: float = Field(15.0, gt=0)
+    event_time_max_lag_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        le=366 * 86400.0,
+        description="an event's time (occurred_at) is the client's, corrected for its clock "
+        "skew, but never further back than this before ingest received it (7 days); imports "
+        "(`leadback events import`) are not limited",
+    )
+
+    @property
+    def event_time_max_lag_ms(self) -> int:
+        return int(self.event_time_max_lag_s * 1000)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -106,6 +106,7 @@ def test_realistic_pixel(bots: BotDetector) -> None:
         "name": None,
         "sent_at": "2024-11-23T07:00:00.123Z",
         "received_at": "2024-11-23T07:00:01.500Z",
+        "occurred_at": "2024-11-23T07:00:01.500Z",  # fired when it happened: corrected to now
         "anonymous_id": COOKIE,
         "user_id": None,
         "traits": {},
@@ -137,6 +138,7 @@ def test_defaults(bots: BotDetector) -> None:
     assert event["name"] is None
     assert event["sent_at"] is None
     assert event["received_at"] == "2024-11-23T07:00:01.500Z"
+    assert event["occurred_at"] == event["received_at"]
     # a server UUIDv7 carrying the receive time
     event_id = event["event_id"]
     assert len(event_id) == 36
@@ -339,6 +341,13 @@ def test_timestamps(bots: BotDetector) -> None:
     assert parse(bots, "site=demo&ts=253402300799999").event["sent_at"] == (
         "9999-12-31T23:59:59.999Z"
     )
+
+
+@given(st.integers(min_value=0, max_value=253402300799999))
+def test_a_pixel_happened_when_it_was_received_whatever_the_client_clock(ms: int) -> None:
+    """``ts`` is the send time of an event sent as it happens: its clock skew cancels out."""
+    event = parse(_BOTS, f"site=demo&ts={ms}").event
+    assert event["occurred_at"] == event["received_at"] == "2024-11-23T07:00:01.500Z"
 
 
 @given(st.integers(min_value=0, max_value=253402300799999))

@@ -48,3 +48,43 @@ def events_tail(
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+
+
+_IMPORT_HELP = (
+    "Import past events onto the events topic, with their own event time.\n\n"
+    "Each line is an event in the JSON API's shape (with site_id and timestamp) or a Segment "
+    "message (track, page, screen, identify, alias, group). Lines are validated like the JSON "
+    "API's events; the accepted ones are stored by the segmenter like any other. Exit 1 if a "
+    "line was rejected (unless --skip-invalid) or the broker failed."
+)
+
+
+@events_app.command("import", help=_IMPORT_HELP)
+def events_import(
+    file: Annotated[str, typer.Argument(help="JSON lines (.gz too); - reads standard input")],
+    site: Annotated[
+        str | None, typer.Option(help="site of the lines without site_id (every Segment line)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate every line, produce nothing")
+    ] = False,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="events produced, then acknowledged, at once")
+    ] = 1000,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="exit 0 even if some lines were rejected")
+    ] = False,
+) -> None:
+    """``leadback events import`` (help: :data:`_IMPORT_HELP`)."""
+    from leadback.cli.import_progress import import_events
+
+    settings = settings_or_exit()
+    code = import_events(
+        settings,
+        file,
+        site=site,
+        dry_run=dry_run,
+        batch_size=batch_size,
+        skip_invalid=skip_invalid,
+    )
+    raise typer.Exit(code)

@@ -84,9 +84,12 @@ class RecipientLoader:
         for visitor, traits, _ in rows:
             people[owner[str(visitor)]].traits.update(orjson.loads(traits))
         latest: dict[str, Any] = {}
+        # The consent said last in real time wins: by event time, then arrival. By arrival
+        # alone, an import of old events (stamped with the site's default consent) would
+        # overrule an opt-out given since.
         rows = await self._store.query(
-            "SELECT visitor_id, max(received_at), "
-            "argMax((consent.status, consent.purposes, consent.gpc), received_at) "
+            "SELECT visitor_id, max((occurred_at, received_at)), "
+            "argMax((consent.status, consent.purposes, consent.gpc), (occurred_at, received_at)) "
             f"FROM {db}.events "
             "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} "
             "AND source != 'signal' GROUP BY visitor_id",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 
+from leadback.events import datetime_ms, format_ms
 from leadback.store.client import ClickHouseStore
 
 
@@ -33,21 +35,37 @@ class ContactBook:
         if not updates:
             return
         rows = await self._store.query(
-            f"SELECT visitor_id, argMax(traits, updated_at) FROM {self._db}.contacts "
+            "SELECT visitor_id, argMax(traits, updated_at), "
+            f"toUnixTimestamp64Milli(max(updated_at)) FROM {self._db}.contacts "
             "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} GROUP BY visitor_id",
             {"s": site, "v": sorted(updates)},
         )
-        known = {str(r[0]): orjson.loads(r[1]) for r in rows}
+        known = {str(r[0]): (orjson.loads(r[1]), int(r[2])) for r in rows}
         body = b"\n".join(
-            orjson.dumps(
-                {
-                    "site_id": site,
-                    "visitor_id": visitor,
-                    "user_id": u.user_id,
-                    "traits": orjson.dumps({**known.get(visitor, {}), **u.traits}).decode(),
-                    "updated_at": u.at,
-                }
-            )
+            orjson.dumps(_merged(site, visitor, u, known.get(visitor)))
             for visitor, u in sorted(updates.items())
         )
         await self._store.insert_json_rows("contacts", body, dedup_token=f"contacts:{token}")
+
+
+def _merged(
+    site: str, visitor: str, update: ContactUpdate, stored: tuple[dict[str, object], int] | None
+) -> dict[str, object]:
+    """The visitor's new row: the update's traits over the stored ones, unless the stored ones
+    are newer (an import of old events): then they win."""
+    traits, at = dict(update.traits), update.at
+    if stored is not None:
+        stored_traits, stored_ms = stored
+        if stored_ms > datetime_ms(datetime.fromisoformat(at)):
+            # This row holds every trait: one ms after the stored one, so that it is the one
+            # argMax reads and the ReplacingMergeTree keeps (a tie would keep either).
+            traits, at = {**traits, **stored_traits}, format_ms(stored_ms + 1)
+        else:
+            traits = {**stored_traits, **traits}
+    return {
+        "site_id": site,
+        "visitor_id": visitor,
+        "user_id": update.user_id,
+        "traits": orjson.dumps(traits).decode(),
+        "updated_at": at,
+    }

@@ -44,13 +44,14 @@ class IdentityUpdater:
             traits = e.get("traits")
             if isinstance(traits, dict) and traits:
                 visitor = str(e["visitor_id"])
+                # When the visitor gave them: the event time (records written before it
+                # existed have only received_at). Canonical timestamps compare as strings.
+                at = str(e.get("occurred_at") or e["received_at"])
                 update = updates.get(visitor)
                 if update is None:
-                    update = updates[visitor] = ContactUpdate(
-                        e.get("user_id") or "", e["received_at"]
-                    )
+                    update = updates[visitor] = ContactUpdate(e.get("user_id") or "", at)
                 update.traits.update(traits)
-                update.at = e["received_at"]
+                update.at = max(update.at, at)
         await self._contacts.save(site, updates, token=token)
         if not links:
             return IdentityChanges(set(), set(), 0)

@@ -24,16 +24,17 @@ from leadback.ingest.context import (
     IngestContext,
     PayloadTooLarge,
     error_response,
+    json_body_doc,
     read_body,
 )
 from leadback.ingest.sites import write_key_from_headers
 from leadback.invalid import invalid_record, kafka_record
-from leadback.protocols.jsonapi import canonical_from_json, parse_batch
+from leadback.protocols.jsonapi import BatchIn, canonical_from_json, parse_batch
 
 router = APIRouter()
 
 
-@router.post("/v1/events")
+@router.post("/v1/events", openapi_extra=json_body_doc(BatchIn))
 async def post_events(
     request: Request,
     ctx: Ctx,
@@ -56,7 +57,8 @@ async def post_events(
     try:
         site_id = ctx.sites.site_for_key(write_key_from_headers(authorization, x_write_key))
         body = await read_body(request, limits.max_batch_bytes)
-        items = parse_batch(body)
+        batch = parse_batch(body)
+        items = batch.items
         if len(items) > limits.max_batch_events:
             raise PayloadTooLarge(
                 f"{len(items)} events; at most {limits.max_batch_events} per batch"
@@ -84,6 +86,8 @@ async def post_events(
                     bots=ctx.bots,
                     cipher=ctx.cipher,
                     default_phone_region=ctx.settings.identity.default_phone_region,
+                    max_lag_ms=limits.event_time_max_lag_ms,
+                    batch_sent_at=batch.sent_at,
                 )
                 value = orjson.dumps(event)
                 if len(value) > limits.max_event_bytes:

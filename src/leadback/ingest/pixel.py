@@ -112,6 +112,7 @@ class PixelHandler:
             max_query_bytes=ing.max_query_bytes,
             contact_cipher=cipher,
             default_phone_region=settings.identity.default_phone_region,
+            event_time_max_lag_ms=ing.event_time_max_lag_ms,
         )
         self._bots = bots
         self._cookie_prefix = ing.cookie_name.encode() + b"="

@@ -43,6 +43,7 @@ def signal_event(
 ) -> ev.CanonicalEvent:
     """The canonical event of one signal (keyed like the visitor's own events)."""
     event_id = uuid7(int(now * 1000))
+    received_at = ev.format_ts(now)
     return {
         "schema_version": ev.SCHEMA_VERSION,
         "event_id": event_id,
@@ -51,7 +52,8 @@ def signal_event(
         "type": "custom",
         "name": name,
         "sent_at": None,
-        "received_at": ev.format_ts(now),
+        "received_at": received_at,
+        "occurred_at": received_at,  # said to ingest just now
         "anonymous_id": None,
         "user_id": None,
         "traits": {},

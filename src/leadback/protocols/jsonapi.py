@@ -1,26 +1,38 @@
 """``POST /v1/events``: a JSON batch of canonical events -> validated canonical events.
 
-Body: ``{"batch": [event, ...]}`` or a bare JSON array. Each event is validated on its own;
-one bad event does not reject the batch (the response lists per-event errors). Server-side
-fields (``received_at``, truncated IP, ``bot``, ``visitor_id``, ``consent.tracking``) are set
-here, never trusted from the client. Contact details in ``traits`` are replaced by hashes and
-tokens (:func:`leadback.identity.contacts.protect_traits`); one that does not normalize makes
-the event ``invalid_trait``.
+Body: ``{"batch": [event, ...], "sent_at": ...}`` or a bare JSON array. Each event is validated
+on its own; one bad event does not reject the batch (the response lists per-event errors).
+Server-side fields (``received_at``, truncated IP, ``bot``, ``visitor_id``,
+``consent.tracking``) are set here, never trusted from the client. ``occurred_at`` comes from
+the event's ``timestamp`` (the client's event time), corrected by its ``sent_at`` (else the
+batch's) for the client's clock skew and clamped (:mod:`leadback.event_time`); ``leadback
+events import`` uses the same function with the event time kept as given. Contact details in
+``traits`` are replaced by hashes and tokens
+(:func:`leadback.identity.contacts.protect_traits`); one that does not normalize makes the
+event ``invalid_trait``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
 from leadback.enrich.consent import ConsentSignals, decide_consent
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
+from leadback.event_time import occurred_ms
 from leadback.identity.contacts import ContactCipher, protect_traits
 from leadback.ids import uuid7
 
@@ -75,7 +87,19 @@ class EventIn(_In):
     site_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     type: ev.EventType
     name: Annotated[str, StringConstraints(max_length=ev.MAX_NAME)] | None = None
-    sent_at: datetime | None = None
+    timestamp: datetime | None = Field(
+        None,
+        description="when the event happened, by the client's clock (ISO 8601; no zone means "
+        "UTC). Corrected for the client's clock skew with sent_at: occurred_at = received_at "
+        "- (sent_at - timestamp); without sent_at taken as it is; never after received_at "
+        "nor more than LEADBACK_INGEST_EVENT_TIME_MAX_LAG_S (7 days) before it. "
+        "Absent: occurred_at = received_at",
+    )
+    sent_at: datetime | None = Field(
+        None,
+        description="when the client sent the event, by the same clock as timestamp; "
+        "default: the batch's sent_at",
+    )
     anonymous_id: IdStr | None = None
     user_id: Annotated[str, StringConstraints(min_length=1, max_length=ev.MAX_USER_ID)] | None = (
         None
@@ -90,16 +114,55 @@ class EventIn(_In):
     consent: ConsentIn = ConsentIn()
 
 
-def parse_batch(body: bytes) -> list[Any]:
-    """The list of raw events in a request body; ``InvalidInputError`` if it is not one."""
+class BatchIn(_In):
+    """A request body of ``POST /v1/events`` (a bare array of events is accepted too).
+
+    Documents the body; the route reads it with :func:`parse_batch`, which validates each
+    event on its own."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    batch: Annotated[list[EventIn], Field(description="the events; each is checked on its own")]
+    sent_at: datetime | None = Field(
+        None,
+        description="when the client sent the batch (its clock): the sent_at of each event "
+        "that has none",
+    )
+
+
+class Batch(NamedTuple):
+    """The raw events of a request body and the batch's own ``sent_at``."""
+
+    items: list[Any]
+    sent_at: datetime | None
+
+
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+
+
+def parse_batch(body: bytes) -> Batch:
+    """The raw events in a request body and the batch's ``sent_at``; ``InvalidInputError`` if
+    it is not a batch."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInputError("invalid_json", f"body is not JSON: {exc}") from exc
-    items = doc.get("batch") if isinstance(doc, dict) else doc
+    sent_at: datetime | None = None
+    if isinstance(doc, dict):
+        items = doc.get("batch")
+        if doc.get("sent_at") is not None:
+            try:
+                sent_at = _DATETIME.validate_python(doc["sent_at"])
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"]
+                raise InvalidInputError(
+                    "invalid_batch", f"sent_at: {msg}", field="sent_at"
+                ) from exc
+    else:
+        items = doc
     if not isinstance(items, list):
         raise InvalidInputError("invalid_batch", 'expected {"batch": [...]} or a JSON array')
-    return items
+    return Batch(items, sent_at)
 
 
 def canonical_from_json(
@@ -114,10 +177,16 @@ def canonical_from_json(
     bots: BotDetector,
     cipher: ContactCipher,
     default_phone_region: str | None,
+    max_lag_ms: int | None,
+    batch_sent_at: datetime | None = None,
 ) -> ev.CanonicalEvent:
     """Validate one raw event of a batch authenticated for ``site_id``.
 
     ``cipher`` and ``default_phone_region`` protect the contact details in ``traits``.
+    ``max_lag_ms``: how far before ``now`` the event time may be placed
+    (``LEADBACK_INGEST_EVENT_TIME_MAX_LAG_S``); ``None`` for an import, whose event time is
+    kept as given (only never after ``now``): it is not corrected against the import's own
+    receive time. ``batch_sent_at``: the batch's send time, for an event without its own.
     """
     if not isinstance(raw, dict):
         raise InvalidInputError("invalid_event", "an event must be a JSON object")
@@ -149,7 +218,25 @@ def canonical_from_json(
     traits = item.traits
     if traits:
         traits = protect_traits(traits, cipher, default_region=default_phone_region)
-    event_id = item.event_id or uuid7(int(now * 1000))
+    received_ms = int(now * 1000)
+    event_id = item.event_id or uuid7(received_ms)
+    sent_at = item.sent_at or batch_sent_at
+    if item.timestamp is None:
+        occurred = received_ms
+    elif max_lag_ms is None:
+        occurred = occurred_ms(received_ms, ev.datetime_ms(item.timestamp), None, max_lag_ms=None)
+        if occurred < 0:  # an import: no lower clamp, but the store keeps nothing before 1970
+            raise InvalidInputError(
+                "invalid_timestamp", "timestamp is before 1970", field="timestamp"
+            )
+    else:
+        occurred = occurred_ms(
+            received_ms,
+            ev.datetime_ms(item.timestamp),
+            None if sent_at is None else ev.datetime_ms(sent_at),
+            max_lag_ms=max_lag_ms,
+        )
+    received_at = ev.format_ms(received_ms)
     user_agent = item.context.user_agent or header_user_agent
     if user_agent is not None:
         user_agent = user_agent[: ev.MAX_USER_AGENT]
@@ -160,8 +247,9 @@ def canonical_from_json(
         "visitor_id": ev.visitor_id_for(anonymous_id, item.user_id, event_id),
         "type": item.type,
         "name": item.name,
-        "sent_at": ev.format_datetime(item.sent_at) if item.sent_at else None,
-        "received_at": ev.format_ts(now),
+        "sent_at": ev.format_datetime(sent_at) if sent_at else None,
+        "received_at": received_at,
+        "occurred_at": received_at if occurred == received_ms else ev.format_ms(occurred),
         "anonymous_id": anonymous_id,
         "user_id": item.user_id,
         "traits": traits,

@@ -58,13 +58,14 @@ Every over-long field is ``field_too_long`` with ``field`` set to the parameter.
 ``max_query_bytes`` is ``query_too_long``; one that is not UTF-8 after percent-decoding is
 ``bad_encoding``. Checks run in this order: size, encoding, site, then the other parameters.
 
-Server side: ``received_at`` is the caller's ``now`` (ingest's clock); ``context.ip`` is the
-truncated client IP (never the whole one); ``bot`` comes from the user agent. The visitor
-cookie is used and refreshed only when consent allows tracking: then ``anonymous_id`` is
-``aid``, else a valid cookie id, else a new id, and the cookie is (re)set to it unless it is
-an ``aid`` that is not a Leadback visitor id. Without tracking, ``anonymous_id`` is null, no
-cookie is set, and a cookie sent is ignored: a visitor who refused must not be linked across
-events.
+Server side: ``received_at`` is the caller's ``now`` (ingest's clock), and so is
+``occurred_at`` (a pixel fires when its event happens: see :mod:`leadback.event_time`);
+``context.ip`` is the truncated client IP (never the whole one); ``bot`` comes from the user
+agent. The visitor cookie is used and refreshed only when consent allows tracking: then
+``anonymous_id`` is ``aid``, else a valid cookie id, else a new id, and the cookie is (re)set
+to it unless it is an ``aid`` that is not a Leadback visitor id. Without tracking,
+``anonymous_id`` is null, no cookie is set, and a cookie sent is ignored: a visitor who
+refused must not be linked across events.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ from leadback.enrich.bots import BotDetector
 from leadback.enrich.consent import decide_consent, signals_from_query
 from leadback.enrich.ip import truncate_ip
 from leadback.errors import InvalidInputError
+from leadback.event_time import DEFAULT_MAX_LAG_MS, occurred_ms
 from leadback.identity.contacts import ContactCipher, protect_traits
 from leadback.ids import is_visitor_id, new_visitor_id, uuid7
 from leadback.protocols.query_string import parse_query
@@ -140,6 +142,7 @@ class PixelPolicy:
     max_query_bytes: int
     contact_cipher: ContactCipher  # encrypts e-mail and phone traits
     default_phone_region: str | None = None  # for phone traits without +<country code>
+    event_time_max_lag_ms: int = DEFAULT_MAX_LAG_MS  # LEADBACK_INGEST_EVENT_TIME_MAX_LAG_S
 
 
 @dataclass(slots=True)
@@ -195,15 +198,14 @@ def _typed(value: str) -> Any:
     return value
 
 
-def _sent_at(value: str | None) -> str | None:
+def _sent_ms(value: str | None) -> int | None:
     if not value:
         return None
     if len(value) > 15 or not _is_digits(value) or int(value) > _MAX_TS_MS:
         raise InvalidInputError(
             "invalid_timestamp", "ts must be Unix milliseconds (digits)", field="ts"
         )
-    # +0.5 ms so float rounding cannot turn .123 into .122 inside format_ts.
-    return ev.format_ts((int(value) + 0.5) / 1000)
+    return int(value)
 
 
 def _language(param: str | None, header: str | None) -> str | None:
@@ -376,7 +378,7 @@ def parse_pixel(
             )
     url = _limited(params, "url", ev.MAX_URL)
     referrer = _limited(params, "ref", ev.MAX_URL)
-    sent_at = _sent_at(get("ts"))
+    sent_ms = _sent_ms(get("ts"))
     language = _language(get("lang"), req.accept_language)
     utm, click_ids = _attribution(params, url)
     properties, traits = _properties_and_traits(params)
@@ -409,6 +411,11 @@ def parse_pixel(
             anonymous_id = set_cookie = new_visitor_id()
 
     user_agent = req.user_agent[: ev.MAX_USER_AGENT] if req.user_agent else None
+    received_ms = int(now * 1000)
+    received_at = ev.format_ms(received_ms)
+    # A pixel fires when its event happens: ``ts`` is both the event time and the send time,
+    # so the skew correction leaves the receive time (whatever the client's clock says).
+    occurred = occurred_ms(received_ms, sent_ms, sent_ms, max_lag_ms=policy.event_time_max_lag_ms)
     event: ev.CanonicalEvent = {
         "schema_version": ev.SCHEMA_VERSION,
         "event_id": event_id,
@@ -416,8 +423,9 @@ def parse_pixel(
         "visitor_id": ev.visitor_id_for(anonymous_id, user_id, event_id),
         "type": etype,
         "name": name,
-        "sent_at": sent_at,
-        "received_at": ev.format_ts(now),
+        "sent_at": None if sent_ms is None else ev.format_ms(sent_ms),
+        "received_at": received_at,
+        "occurred_at": received_at if occurred == received_ms else ev.format_ms(occurred),
         "anonymous_id": anonymous_id,
         "user_id": user_id,
         "traits": traits,

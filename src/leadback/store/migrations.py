@@ -4,6 +4,14 @@ Each ``migrations/NNNN_name.sql`` file holds statements separated by ``;`` with 
 ``{ttl_days}`` and ``{dedup_window}`` placeholders. Applied versions are recorded in
 ``schema_migrations``; statements are idempotent (``IF NOT EXISTS``), so two services starting
 at once are harmless.
+
+A migration that cannot be written idempotently (a table rebuilt and swapped in) starts with a
+guard line, ``-- skip_if: <SELECT>``: when the query returns a row whose first value is 1, the
+migration's work is already done (a process died after the work and before recording it) and
+it is only recorded. Its statements are each safe to run again (``DROP TABLE IF EXISTS`` of
+the work table first), so a crash anywhere before the guard turns true is retried from the
+start. Such a rebuild must not run in two processes at once: see
+``0004_event_time.sql``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ log = get_logger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _TTL = re.compile(r"INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
+_SKIP_IF = re.compile(r"^\s*--\s*skip_if:\s*(.+?)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,11 @@ class Migration:
             line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
         )
         return [s.strip().format(**params) for s in body.split(";") if s.strip()]
+
+    def skip_if(self, **params: object) -> str | None:
+        """The guard query (``-- skip_if: SELECT ...``), if the migration has one."""
+        match = _SKIP_IF.search(self.sql)
+        return match.group(1).format(**params) if match else None
 
 
 def available() -> list[Migration]:
@@ -64,8 +78,11 @@ async def migrate(store: ClickHouseStore) -> list[int]:
     for migration in available():
         if migration.version in done:
             continue
-        for statement in migration.statements(**params):
-            await store.command(statement)
+        if await _already_done(store, migration.skip_if(**params)):
+            log.info("migration found done", version=migration.version, name=migration.name)
+        else:
+            for statement in migration.statements(**params):
+                await store.command(statement)
         await store.command(
             f"INSERT INTO {db}.schema_migrations (version, name) VALUES "
             f"({migration.version}, '{migration.name}')"
@@ -74,6 +91,13 @@ async def migrate(store: ClickHouseStore) -> list[int]:
         log.info("migration applied", version=migration.version, name=migration.name)
     await _ensure_events_ttl(store)
     return applied
+
+
+async def _already_done(store: ClickHouseStore, guard: str | None) -> bool:
+    if guard is None:
+        return False
+    rows = await store.query(guard)
+    return bool(rows) and rows[0][0] == 1
 
 
 async def _ensure_events_ttl(store: ClickHouseStore) -> None:
@@ -89,6 +113,6 @@ async def _ensure_events_ttl(store: ClickHouseStore) -> None:
     if match and int(match.group(1)) != wanted:
         await store.command(
             f"ALTER TABLE {store.database}.events "
-            f"MODIFY TTL toDateTime(received_at) + INTERVAL {wanted} DAY"
+            f"MODIFY TTL toDateTime(occurred_at) + INTERVAL {wanted} DAY"
         )
         log.info("events TTL changed", days=wanted)

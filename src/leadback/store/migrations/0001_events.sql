@@ -2,6 +2,7 @@
 -- ReplacingMergeTree on (site_id, visitor_id, event_id): a producer retry or replay of the same
 -- event collapses into one row; read with FINAL (or GROUP BY event_id) for exact counts.
 -- Retried inserts of the same batch are dropped at insert time by the deduplication token.
+-- 0004 rebuilds this table around the event time (occurred_at, monthly partitions on it).
 CREATE TABLE IF NOT EXISTS {db}.events
 (
     schema_version UInt8,
