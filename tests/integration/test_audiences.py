@@ -15,7 +15,7 @@ import yaml
 from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.rules import parse_audiences
 from leadback.clock import ManualClock
-from leadback.events import CanonicalEvent
+from leadback.events import CanonicalEvent, format_ts
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
@@ -168,6 +168,20 @@ async def test_cart_abandoner_window_of_seven_days(h: Harness) -> None:
     assert h.changes("cart_abandoners") == [("dan", "enter", 1)]
     await h.later(7 * D)  # the cart leaves the 7-day window: the timer exits dan
     assert h.changes("cart_abandoners") == [("dan", "enter", 1), ("dan", "exit", 2)]
+
+
+async def test_windows_are_measured_on_event_time_not_arrival(h: Harness) -> None:
+    # Both carts arrive now; one was queued offline for eight days, one happened two hours ago.
+    late = event("shop", "late", "add_to_cart", h.now)
+    late["occurred_at"] = format_ts(h.now - 8 * D)
+    recent = event("shop", "recent", "add_to_cart", h.now)
+    recent["occurred_at"] = format_ts(h.now - 2 * H)
+    await h.send(late, recent)
+    # Idle for an hour already, cart inside the 7-day window: in at once. The late cart is
+    # outside the window: never in.
+    assert h.changes("cart_abandoners") == [("recent", "enter", 1)]
+    await h.later(2 * H)
+    assert h.changes("cart_abandoners") == [("recent", "enter", 1)]
 
 
 async def test_product_viewers_carry_the_products_viewed_twice_and_not_bought(
