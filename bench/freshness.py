@@ -13,7 +13,8 @@ The load looks like traffic: visitors come back to the history's visitors (drawn
 history's skew: heavy visitors return more), new ones arrive, a visitor's pixels come in
 sessions; the event mix, product ids, categories, prices, URLs, referrers and user agents are
 those of the history. While it runs, the segmenter's ``/metrics`` is read four times a second:
-events inserted per second, evaluation statements per second and their durations.
+events inserted per second (from the start of the load until the last probe came back),
+evaluation statements per second and their durations.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ CHANGE_PARTITIONS = 6
 PROBE_EVERY_S = 0.1
 WARMUP_MIN_S = 6.0
 SCRAPE_EVERY_S = 0.25
-DRAIN_MAX_S = 600.0
-DRAIN_STALL_S = 60.0  # a round of 500 audiences over 20 sites can take tens of seconds
+DRAIN_MAX_S = 1800.0
+DRAIN_STALL_S = 300.0  # rounds of 500 audiences over 20 sites and a long history are long
 # Without a history, returning visitors come from a population of this size (not stored).
 VISITORS_WITHOUT_HISTORY = 20_000
 
@@ -283,6 +284,23 @@ async def _wait_settled(url: str, proc: subprocess.Popen[bytes], timeout_s: floa
     raise RuntimeError(f"the start-up changes were not settled within {timeout_s:.0f} s")
 
 
+async def _lag(broker: EmbeddedBroker, topic: str, metrics_url: str) -> float:
+    """Events on the events topic not yet committed by the segmenter: the topic's end offsets
+    (all records since the run began) minus the events it reports inserted (committed)."""
+    ends = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+    await ends.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        produced = float(sum((await ends.end_offsets(tps)).values()))
+    finally:
+        await ends.stop()
+    text = await asyncio.to_thread(_get, metrics_url)
+    if text is None:
+        return float("nan")
+    inserted = parse_metrics(text, 0.0).values.get("leadback_segmenter_events_inserted_total", 0.0)
+    return max(0.0, produced - inserted)
+
+
 async def freshness(
     broker: EmbeddedBroker,
     workdir: Path,
@@ -411,24 +429,31 @@ async def freshness(
                 break
         warmup_s = time.perf_counter() - t_warm
         scrapes: list[Scrape] = []
+        sampling = asyncio.Event()
 
-        async def sample(until: float) -> None:
-            while time.perf_counter() < until:
-                text = await asyncio.to_thread(_get, metrics_url)
-                if text is not None:
-                    scrapes.append(parse_metrics(text, time.perf_counter()))
+        async def scrape() -> None:
+            text = await asyncio.to_thread(_get, metrics_url)
+            if text is not None:
+                scrapes.append(parse_metrics(text, time.perf_counter()))
+
+        async def sample() -> None:
+            while not sampling.is_set():
+                await scrape()
                 await asyncio.sleep(SCRAPE_EVERY_S)
 
         t_end = time.perf_counter() + seconds
         load_run = asyncio.create_task(
             run_load("127.0.0.1", port, load, connections=4, seconds=seconds, rate=case.rate)
         )
-        sampler = asyncio.create_task(sample(t_end))
+        sampler = asyncio.create_task(sample())
         await probes(t_end, 0, record=True)
         load_result = await load_run
-        await sampler
+        lag_events = await _lag(broker, names["events"], metrics_url)
         # The probes still on their way: wait while they keep arriving (a segmenter that falls
-        # behind delivers them late, not never), at most DRAIN_MAX_S.
+        # behind delivers them late, not never), at most DRAIN_MAX_S. The metrics are read
+        # until the last one came: the segmenter's events/s is what it committed from the start
+        # of the load to then (the offered rate if it keeps up, its capacity if it falls behind;
+        # a short window alone would miss rounds longer than the window).
         drain_end = time.perf_counter() + DRAIN_MAX_S
         progress_at, seen = time.perf_counter(), 0
         while time.perf_counter() < min(drain_end, progress_at + DRAIN_STALL_S):
@@ -438,6 +463,9 @@ async def freshness(
             if got > seen:
                 progress_at, seen = time.perf_counter(), got
             await asyncio.sleep(0.1)
+        sampling.set()
+        await sampler
+        await scrape()
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -446,6 +474,16 @@ async def freshness(
         stop(segmenter, 120)
         shutil.rmtree(chdb, ignore_errors=True)
     lat = sorted((arrived[v] - t) for v, t in sent.items() if v in arrived)
+    # In send order: whether freshness grew during the run (a segmenter falling behind).
+    ordered = [
+        arrived[v] - t for v, t in sorted(sent.items(), key=lambda kv: kv[1]) if v in arrived
+    ]
+    fifth = max(1, len(ordered) // 5)
+    trend = (
+        statistics.median(ordered[-fifth:]) - statistics.median(ordered[:fifth])
+        if ordered
+        else float("nan")
+    )
     to_eval = sorted((evaluated[v] - t) for v, t in sent_wall.items() if v in evaluated)
     return {
         "history": case.history,
@@ -457,10 +495,14 @@ async def freshness(
         "p50_s": lat[len(lat) // 2] if lat else float("nan"),
         "p99_s": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
         "max_s": lat[-1] if lat else float("nan"),
+        "trend_s": trend,  # median of the last fifth of probes minus that of the first fifth
+        # Events waiting for the segmenter when the load stopped, in seconds of the load.
+        "lag_s": lag_events / max(1.0, (load_result.requests + len(sent)) / seconds),
         "pixel_to_evaluation_p50_s": to_eval[len(to_eval) // 2] if to_eval else float("nan"),
         "load_rps": load_result.rate,
         "load_errors": load_result.errors,
         "offered_per_s": (load_result.requests + len(sent)) / seconds,
+        "measured_s": scrapes[-1].at - scrapes[0].at if len(scrapes) > 1 else 0.0,
         "startup_s": startup_s,
         "settle_s": settle_s,
         "warmup_s": warmup_s,
