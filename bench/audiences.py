@@ -347,6 +347,7 @@ async def main() -> None:
     fresh: list[dict[str, Any]] = []
     matrix: list[dict[str, Any]] = []
     histories: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leadback-bench-") as tmp, EmbeddedBroker() as broker:
         pin(broker.pid or 0, CORE_CLIENT)
         if run_cost:
@@ -376,17 +377,26 @@ async def main() -> None:
                 print(f"{case.label()}:")
                 results = []
                 for i in range(rounds):
-                    f = await freshness(
-                        broker,
-                        Path(tmp),
-                        case,
-                        seconds=args.seconds,
-                        history=history,
-                        startup_timeout_s=args.startup_timeout,
-                    )
+                    try:
+                        f = await freshness(
+                            broker,
+                            Path(tmp),
+                            case,
+                            seconds=args.seconds,
+                            history=history,
+                            startup_timeout_s=args.startup_timeout,
+                        )
+                    except RuntimeError as exc:
+                        # A segmenter that dies or never starts (memory, time) on one point of
+                        # a long matrix: recorded, and the other points still run.
+                        failures.append({**vars(case), "round": i + 1, "error": str(exc)})
+                        print(f"  round {i + 1}: FAILED: {exc}")
+                        continue
                     results.append(f)
                     fresh.append(f)
                     print(f"  round {i + 1}: {round_line(f, args.seconds)}")
+                if not results:
+                    continue
                 summary = summarize(case, results, cpu, args.seconds)
                 matrix.append(summary)
                 print(
@@ -435,6 +445,7 @@ async def main() -> None:
                 "median": med,
                 "matrix": matrix,
                 "histories": histories,
+                "failures": failures,
             },
             option=orjson.OPT_INDENT_2,
         )
