@@ -6,6 +6,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 
 .DEFAULT_GOAL := help
@@ -20,6 +21,11 @@ $(STAMP): pyproject.toml
 		|| { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The benchmarks' extras (matplotlib for the freshness plot) on top of the dev install.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install Leadback with its dev tools
@@ -51,11 +57,11 @@ bench-deps: ## install nginx-light and wrk (apt-get), the ingest benchmark's anc
 	@{ command -v nginx >/dev/null || test -x /usr/sbin/nginx; } && command -v wrk >/dev/null \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
 
-bench: $(STAMP) bench-deps ## benchmarks: ingest vs nginx and a naive app, audience cost and freshness, segmenter, dispatcher
+bench: $(BENCH_STAMP) bench-deps ## benchmarks: ingest vs nginx and a naive app, audience cost and freshness, segmenter, dispatcher
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.audiences
 	@if test -f bench/segmenter.py; then echo "$(BIN)/python -m bench.segmenter"; $(BIN)/python -m bench.segmenter; fi
 	$(BIN)/python -m bench.dispatcher
 
 clean: ## remove the virtualenv, caches and local data
-	rm -rf $(VENV) .leadback .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .leadback .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/.data

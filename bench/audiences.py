@@ -4,125 +4,79 @@
    of page views, product views, carts, checkouts, purchases, leads and identifies over the last
    week) is consumed into a fresh chDB database by the segmenter (in this process) with no
    audience, then with 20 audiences; events/s of each and their ratio, per round.
-2. **Freshness**: ingest and segmenter run as processes (as ``leadback up`` runs them) with the
-   20 audiences plus a probe audience; a steady pixel load runs while probe pixels qualify new
-   visitors; the time from each probe's HTTP response to its ``enter`` on the change topic.
+2. **Freshness** (:mod:`bench.freshness`): ingest and segmenter run as processes (as ``leadback
+   up`` runs them) with N audiences plus a probe audience, on a database holding H stored events;
+   a steady pixel load of R pixels/s runs while probe pixels qualify new visitors; the time from
+   each probe's HTTP response to its ``enter`` on the change topic (p50, p99), with the
+   segmenter's events/s, its evaluation statement median (from /metrics) and its start-up time
+   (every audience evaluated over the whole history).
 
-    python -m bench.audiences [--events 200000] [--rounds 3] [--seconds 20] [--rate 1000]
+    python -m bench.audiences [--events 200000] [--rounds 3] [--seconds 20] [--rates 500,1000]
+        [--history 0,10M,50M] [--audiences 20,100,500] [--matrix] [--no-cost]
 
-Prints a table and writes raw results to bench/results/audiences-<time>.json.
+Defaults: the cost part and freshness with no history and 20 audiences at 500 and 1,000
+pixels/s (a few minutes). ``--history``, ``--audiences`` and ``--rates`` take comma-separated
+lists and run every combination. ``--matrix`` runs history 0, 10M and 50M x 20, 100 and 500
+audiences at 500 pixels/s, plus 5,000 pixels/s with 20 and with 500 audiences at 50M; it skips
+the cost part and runs one round per point unless ``--rounds`` says otherwise. Histories are
+filled once (``python -m bench.history``) into ``bench/.data/history-<events>/`` and copied (hard
+links) for each run; see :mod:`bench.history_cache` for when they are filled again.
+
+Prints a table (with the CPU model) and writes raw results to
+bench/results/audiences-<time>.json, and with matplotlib (``pip install -e '.[bench]'``) a plot
+of freshness against stored events and pixel rate to bench/results/audiences-<time>.png
+(``python -m bench.plot <json>`` draws it again).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import math
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
-from aiokafka import AIOKafkaConsumer
 
-from bench.common import CORE_CLIENT, CORE_SERVER, apply_audiences_offline, pin, wait_ready
-from bench.loadgen import run_load
+from bench.audience_sets import audiences_yaml
+from bench.common import CORE_CLIENT, CORE_SERVER, cpu_model, pin
+from bench.freshness import Case, freshness
+from bench.history import CATEGORIES, MIX
+from bench.history_cache import ensure_history
 from leadback.audiences.repository import AudienceRepository
 from leadback.audiences.rules import parse_audiences
-from leadback.broker import EmbeddedBroker, free_port
+from leadback.broker import EmbeddedBroker
 from leadback.events import empty_click_ids, empty_utm, event_key, format_ts
 from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics
 from leadback.logs import configure_logging
 from leadback.segmenter.service import build_engine, build_segmenter, change_producer
-from leadback.settings import (
-    AudienceSettings,
-    ClickHouseSettings,
-    KafkaSettings,
-    SegmenterSettings,
-    Settings,
-)
+from leadback.service_settings import AudienceSettings, SegmenterSettings
+from leadback.settings import ClickHouseSettings, KafkaSettings, Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
-# Partitions of the events topic in the freshness run: what `leadback up` creates.
-PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "2"))
+__all__ = ["SITES", "audiences_yaml", "make_events"]
+
 SITES = {"shop": 0.6, "news": 0.25, "saas": 0.15}
 VISITORS_PER_SITE = 4000
-MIX = [
-    ("page_view", 0.50),
-    ("product_view", 0.25),
-    ("add_to_cart", 0.09),
-    ("remove_from_cart", 0.02),
-    ("checkout", 0.05),
-    ("purchase", 0.03),
-    ("lead", 0.02),
-    ("signup", 0.015),
-    ("identify", 0.015),
-    ("custom", 0.01),
-]
-CATEGORIES = ["shoes", "bags", "coats", "hats", "socks"]
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
-
-TEMPLATES = [
-    "{then_not: {did: {event: add_to_cart, within: 7d}, then: {event: purchase}}}",
-    "{all: [{then_not: {did: {event: add_to_cart, within: 7d}, then: {event: purchase}}},"
-    " {idle: 1h}]}",
-    "{all: [{did: {event: product_view, count: 2, within: 3d}}, {not: {did: {event: purchase}}}]}",
-    "{all: [{did: {event: purchase}}, {idle: 3d}]}",
-    "{did: {event: purchase, within: 30d}}",
-    "{all: [{did: {event: checkout, within: 1d, where: [{property: value, op: gt, value: 100}]}},"
-    " {not: {did: {event: purchase, within: 1d}}}]}",
-    "{all: [{did: {event: page_view, where: [{field: url, op: contains, value: /contact}]}},"
-    " {not: {did: {event: lead}}}]}",
-    "{did: {event: product_view, where: [{property: category, op: eq, value: shoes}], within: 7d}}",
-    "{did: {event: product_view, where: [{property: category, op: in, value: [bags, hats]}]}}",
-    "{did: {event: page_view, count: 10, within: 7d}}",
-    "{seen_within: 1d}",
-    "{all: [{did: {event: signup}}, {not: {did: {event: purchase}}}]}",
-    "{sequence: {steps: [{event: product_view}, {event: add_to_cart}, {event: checkout}],"
-    " within: 1d}}",
-    "{then_not: {did: {event: checkout}, then: {event: purchase}, within: 30m}}",
-    "{any: [{did: {event: lead}}, {did: {event: signup}}]}",
-    "{did: {event: [add_to_cart, checkout], within: 2d, where: [{property: value, op: gte,"
-    " value: 50}]}}",
-    "{all: [{did: {event: page_view, within: 7d}}, {not: {did: {event: page_view, within: 1d}}}]}",
-    "{did: {event: remove_from_cart, within: 7d}}",
-    "{did: {event: custom, name: video_play}}",
-]
-
-
-def audiences_yaml(sites: list[str], n: int = 20) -> str:
-    """``n`` audiences spread over ``sites``: the 19 templates and one product-level one."""
-    docs: list[dict[str, Any]] = [
-        {
-            "id": f"a{i:02d}",
-            "site": sites[i % len(sites)],
-            "rule": yaml.safe_load(TEMPLATES[i % len(TEMPLATES)]),
-        }
-        for i in range(n - 1)
-    ]
-    docs.append(
-        {
-            "id": "viewed_not_bought",
-            "site": sites[0],
-            "products": {"property": "product_id"},
-            "rule": yaml.safe_load(TEMPLATES[2]),
-        }
-    )
-    return yaml.safe_dump(docs)
+MATRIX_HISTORY = [0, 10_000_000, 50_000_000]
+MATRIX_AUDIENCES = [20, 100, 500]
+MATRIX_RATE = 500.0
+MATRIX_FAST = [(50_000_000, 20, 5000.0), (50_000_000, 500, 5000.0)]
 
 
 def make_events(n: int, now: float, seed: int = 7) -> list[tuple[bytes, bytes]]:
@@ -178,10 +132,6 @@ def make_events(n: int, now: float, seed: int = 7) -> list[tuple[bytes, bytes]]:
         }
         out.append((event_key(site, visitor), orjson.dumps(event)))
     return out
-
-
-def _wall(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 async def preload(broker: EmbeddedBroker, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -267,210 +217,246 @@ async def consume_once(
     }
 
 
-PROBE = """
-- id: probe
-  site: demo
-  rule: {did: {event: lead, where: [{field: url, op: contains, value: /probe/}]}}
-"""
+def parse_counts(text: str) -> list[int]:
+    """``"0,10M,50M"`` or ``"1000000,1_000"`` -> integers (k and M suffixes)."""
+    out = []
+    for item in text.split(","):
+        item = item.strip().replace("_", "").lower()
+        mult = {"k": 1_000, "m": 1_000_000}.get(item[-1:], 1)
+        out.append(int(float(item[:-1] if mult > 1 else item) * mult))
+    return out
 
 
-async def freshness(
-    broker: EmbeddedBroker, workdir: Path, *, seconds: float, rate: float
-) -> dict[str, Any]:
-    """Probe pixels under a steady load: pixel response -> enter on the change topic."""
-    rid = uuid.uuid4().hex[:8]
-    names = {
-        "events": f"fr-events-{rid}",
-        "invalid": f"fr-invalid-{rid}",
-        "changes": f"fr-changes-{rid}",
-    }
-    await ensure_topics(
-        broker.bootstrap, {names["events"]: PARTITIONS, names["invalid"]: 1, names["changes"]: 6}
+def cases_from(args: argparse.Namespace) -> list[Case]:
+    """The freshness points to run, grouped by history size (each filled or copied once)."""
+    if args.matrix:
+        cases = [
+            Case(h, a, MATRIX_RATE) for h, a in itertools.product(MATRIX_HISTORY, MATRIX_AUDIENCES)
+        ]
+        cases += [Case(h, a, r) for h, a, r in MATRIX_FAST]
+    else:
+        cases = [
+            Case(h, a, float(r))
+            for h, a, r in itertools.product(
+                parse_counts(args.history), parse_counts(args.audiences), parse_counts(args.rates)
+            )
+        ]
+    return sorted(cases, key=lambda c: (c.history, c.audiences, c.rate))
+
+
+def _fmt(value: float | None, unit: str = "s", digits: int = 3) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f} {unit}"
+
+
+def keeps_up(f: dict[str, Any], seconds: float) -> bool:
+    """Whether the segmenter kept up with the load: every probe came back and, when the load
+    stopped, fewer events were waiting than half the load's duration brings (at least 5 s of
+    it). Else freshness grows with the length of the run, and the figures say how far behind it
+    fell in that time, not a steady state."""
+    lag = f.get("lag_s", math.nan)
+    return f["arrived"] == f["probes"] and not math.isnan(lag) and lag <= max(5.0, seconds / 2)
+
+
+def round_line(f: dict[str, Any], seconds: float) -> str:
+    """One freshness result as a line."""
+    behind = f", {f['lag_s']:.1f} s behind at the end" + (
+        "" if keeps_up(f, seconds) else ": FALLS BEHIND"
     )
-    chdb = workdir / f"fresh-{rid}"
-    audiences = audiences_yaml(["demo"]) + PROBE
-    apply_audiences_offline(chdb, audiences)
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        LEADBACK_KAFKA_BOOTSTRAP=broker.bootstrap,
-        LEADBACK_KAFKA_IDEMPOTENT="false",
-        LEADBACK_KAFKA_TOPIC_EVENTS=names["events"],
-        LEADBACK_KAFKA_TOPIC_INVALID=names["invalid"],
-        LEADBACK_KAFKA_TOPIC_CHANGES=names["changes"],
-        LEADBACK_CLICKHOUSE_URL=f"chdb://{chdb}",
-        LEADBACK_SEGMENTER_GROUP_ID=f"fr-{rid}",
-        LEADBACK_SEGMENTER_METRICS_PORT="0",
-        LEADBACK_ADMIN_PORT="0",
-        LEADBACK_INGEST_PORT=str(port),
-        LEADBACK_DATA_DIR=str(workdir / rid),
-        LEADBACK_LOG_LEVEL="warning",
+    missing = f["probes"] - f["arrived"]
+    lower = f", {missing} never came: percentiles of those that did" if missing else ""
+    return (
+        f"freshness p50 {_fmt(f['p50_s'])}, p99 {_fmt(f['p99_s'])}, max {_fmt(f['max_s'])} "
+        f"({f['arrived']}/{f['probes']} probes{lower}; load {f['load_rps']:,.0f} pixels/s, "
+        f"segmenter {f.get('segmenter_events_per_s', float('nan')):,.0f} events/s{behind}; "
+        "evaluation "
+        "statement "
+        f"median {_fmt(f.get('eval_median_s'))} [{f.get('eval_median_source', '-')}], round "
+        f"median {_fmt(f.get('round_median_s'))} [{f.get('round_median_source', '-')}]; "
+        f"start-up {f['startup_s']:.1f} s + {f['settle_s']:.1f} s to publish its changes, "
+        f"warm-up {f['warmup_s']:.1f} s; pixel->evaluation p50 "
+        f"{_fmt(f['pixel_to_evaluation_p50_s'])})"
     )
-    py = [sys.executable, "-m", "leadback"]
-    segmenter = subprocess.Popen([*py, "segmenter"], env=env)
-    ingest = subprocess.Popen([*py, "ingest"], env=env)
-    pin(segmenter.pid, CORE_SERVER)
-    pin(ingest.pid, CORE_SERVER)
-    base = f"http://127.0.0.1:{port}"
-    await wait_ready(base)
-    consumer = AIOKafkaConsumer(
-        names["changes"],
-        bootstrap_servers=broker.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=20,
-    )
-    await consumer.start()
-    arrived: dict[str, float] = {}
-    evaluated: dict[str, float] = {}
-    sent_wall: dict[str, float] = {}
 
-    async def watch() -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for records in batch.values():
-                for r in records:
-                    change = orjson.loads(r.value)
-                    if change["audience_id"] == "probe" and change["change"] == "enter":
-                        arrived.setdefault(change["visitor_id"], now)
-                        evaluated.setdefault(change["visitor_id"], _wall(change["at"]))
 
-    watcher = asyncio.create_task(watch())
-    # Warm up: the consumer group joins (a few seconds on the embedded broker).
-    sent: dict[str, float] = {}
+def summarize(case: Case, rounds: list[dict[str, Any]], cpu: str, seconds: float) -> dict[str, Any]:
+    """Medians over a point's rounds."""
 
-    def probe_request(n: int) -> bytes:
-        vid = f"{rid}{n:024d}"[:32]
-        return (
-            f"GET /p.gif?site=demo&type=lead&aid={vid}&url=https%3A%2F%2Fx.example%2Fprobe%2F"
-            f" HTTP/1.1\r\nHost: x\r\nUser-Agent: {CHROME}\r\n\r\n"
-        ).encode()
+    def med(key: str) -> float | None:
+        values = [r[key] for r in rounds if r.get(key) is not None and not math.isnan(r[key])]
+        return statistics.median(values) if values else None
 
-    def load_request(n: int) -> bytes:
-        kind = ("page_view", "product_view", "add_to_cart")[n % 3]
-        return (
-            f"GET /p.gif?site=demo&type={kind}&aid=load{n % 5000:028d}&pid=sku-{n % 300}"
-            f"&url=https%3A%2F%2Fx.example%2Fp%2F{n % 50} HTTP/1.1\r\nHost: x\r\n"
-            f"User-Agent: {CHROME}\r\n\r\n"
-        ).encode()
-
-    async def probes(until: float) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        n = 0
-        while time.perf_counter() < until:
-            writer.write(probe_request(n))
-            head = await reader.readuntil(b"\r\n\r\n")
-            await reader.readexactly(43)
-            assert head.startswith(b"HTTP/1.1 200")
-            sent[f"{rid}{n:024d}"[:32]] = time.perf_counter()
-            sent_wall[f"{rid}{n:024d}"[:32]] = time.time()
-            n += 1
-            await asyncio.sleep(0.1)
-        writer.close()
-
-    await run_load("127.0.0.1", port, load_request, connections=4, seconds=6, rate=rate)
-    t_end = time.perf_counter() + seconds
-    load = asyncio.create_task(
-        run_load("127.0.0.1", port, load_request, connections=4, seconds=seconds, rate=rate)
-    )
-    await probes(t_end)
-    load_result = await load
-    deadline = time.perf_counter() + 15
-    while len(arrived) < len(sent) and time.perf_counter() < deadline:
-        await asyncio.sleep(0.1)
-    watcher.cancel()
-    await consumer.stop()
-    ingest.terminate()
-    segmenter.terminate()
-    ingest.wait(60)
-    segmenter.wait(60)
-    lat = sorted((arrived[v] - t) * 1000 for v, t in sent.items() if v in arrived)
-    to_eval = sorted((evaluated[v] - t) * 1000 for v, t in sent_wall.items() if v in evaluated)
     return {
-        "probes": len(sent),
-        "arrived": len(lat),
-        "p50_ms": lat[len(lat) // 2] if lat else float("nan"),
-        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
-        "max_ms": lat[-1] if lat else float("nan"),
-        "load_rps": load_result.rate,
-        "pixel_to_evaluation_p50_ms": to_eval[len(to_eval) // 2] if to_eval else float("nan"),
+        "history": case.history,
+        "audiences": case.audiences,
+        "sites": rounds[0]["sites"],
+        "rate": case.rate,
+        "rounds": len(rounds),
+        "p50_s": med("p50_s"),
+        "p99_s": med("p99_s"),
+        "max_s": med("max_s"),
+        "load_rps": med("load_rps"),
+        "segmenter_events_per_s": med("segmenter_events_per_s"),
+        "evaluations_per_s": med("evaluations_per_s"),
+        "eval_median_s": med("eval_median_s"),
+        "eval_median_source": rounds[0].get("eval_median_source"),
+        "round_median_s": med("round_median_s"),
+        "round_median_source": rounds[0].get("round_median_source"),
+        "startup_s": med("startup_s"),
+        "lag_s": med("lag_s"),
+        "keeps_up": all(keeps_up(r, seconds) for r in rounds),
+        "cpu_model": cpu,
     }
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=200_000, help="cost part: events")
+    parser.add_argument("--rounds", type=int, default=None, help="default 3 (1 with --matrix)")
     parser.add_argument("--seconds", type=float, default=20.0, help="freshness load time")
     parser.add_argument(
         "--rates", default="500,1000", help="steady pixels/s of the freshness load, comma-separated"
     )
+    parser.add_argument(
+        "--history", default="0", help="stored events before the freshness run, e.g. 0,10M,50M"
+    )
+    parser.add_argument("--audiences", default="20", help="audiences, e.g. 20,100,500")
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="history 0,10M,50M x audiences 20,100,500 at 500 px/s, and 5,000 px/s with 20 "
+        "and 500 audiences at 50M (implies --no-cost)",
+    )
+    parser.add_argument("--no-cost", action="store_true", help="skip the cost part")
+    parser.add_argument(
+        "--history-max-age-days", type=float, default=7.0, help="refill older cached histories"
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=7200.0, help="segmenter start-up limit (s)"
+    )
     args = parser.parse_args()
+    rounds = args.rounds if args.rounds is not None else (1 if args.matrix else 3)
+    run_cost = not (args.no_cost or args.matrix)
     configure_logging("warning")
     pin(0, CORE_CLIENT)
-    now = time.time()
-    records = make_events(args.events, now)
-    audiences = audiences_yaml(list(SITES))
+    cpu = cpu_model()
+    print(f"CPU: {cpu}, {os.cpu_count()} cores")
+    cases = cases_from(args)
     cost: list[dict[str, Any]] = []
     fresh: list[dict[str, Any]] = []
+    matrix: list[dict[str, Any]] = []
+    histories: dict[str, Any] = {}
+    failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leadback-bench-") as tmp, EmbeddedBroker() as broker:
         pin(broker.pid or 0, CORE_CLIENT)
-        topic = f"cost-{uuid.uuid4().hex[:8]}"
-        await ensure_topics(broker.bootstrap, {topic: 6, f"{topic}-invalid": 1})
-        await preload(broker, topic, records)
-        for i in range(args.rounds):
-            none = await consume_once(broker, Path(tmp), topic, args.events, audiences=None)
-            twenty = await consume_once(broker, Path(tmp), topic, args.events, audiences=audiences)
-            ratio = twenty["events_per_s"] / none["events_per_s"]
-            cost.append({"none": none, "twenty": twenty, "ratio": ratio})
-            print(
-                f"round {i + 1}: segmenter {none['events_per_s']:,.0f} ev/s without audiences, "
-                f"{twenty['events_per_s']:,.0f} ev/s with 20 ({ratio:.2f}x; "
-                f"{twenty['members']} members, {twenty['changes']} changes)"
-            )
-        for rate in [float(r) for r in args.rates.split(",")]:
-            for i in range(args.rounds):
-                f = await freshness(broker, Path(tmp), seconds=args.seconds, rate=rate)
-                f["rate"] = rate
-                fresh.append(f)
-                print(
-                    f"round {i + 1}: freshness p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms, "
-                    f"max {f['max_ms']:.0f} ms ({f['arrived']}/{f['probes']} probes, "
-                    f"load {f['load_rps']:,.0f} pixels/s; pixel->evaluation p50 "
-                    f"{f['pixel_to_evaluation_p50_ms']:.0f} ms)"
+        if run_cost:
+            records = make_events(args.events, time.time())
+            audiences = audiences_yaml(list(SITES))
+            topic = f"cost-{uuid.uuid4().hex[:8]}"
+            await ensure_topics(broker.bootstrap, {topic: 6, f"{topic}-invalid": 1})
+            await preload(broker, topic, records)
+            for i in range(rounds):
+                none = await consume_once(broker, Path(tmp), topic, args.events, audiences=None)
+                twenty = await consume_once(
+                    broker, Path(tmp), topic, args.events, audiences=audiences
                 )
-    med: dict[str, Any] = {
-        "events_per_s_none": statistics.median(c["none"]["events_per_s"] for c in cost),
-        "events_per_s_twenty": statistics.median(c["twenty"]["events_per_s"] for c in cost),
-        "ratio": statistics.median(c["ratio"] for c in cost),
-        "freshness": {
-            str(rate): {
-                "p50_ms": statistics.median(f["p50_ms"] for f in fresh if f["rate"] == rate),
-                "p99_ms": statistics.median(f["p99_ms"] for f in fresh if f["rate"] == rate),
-            }
-            for rate in sorted({f["rate"] for f in fresh})
-        },
-    }
-    print(f"\nmedian of {args.rounds} rounds ({args.events:,} events, 3 sites, 20 audiences)")
-    print(f"  segmenter, no audiences   {med['events_per_s_none']:>10,.0f} events/s")
-    print(f"  segmenter, 20 audiences   {med['events_per_s_twenty']:>10,.0f} events/s")
-    print(f"  ratio (same round)        {med['ratio']:>10.2f}")
-    for rate, f in med["freshness"].items():
+                ratio = twenty["events_per_s"] / none["events_per_s"]
+                cost.append({"none": none, "twenty": twenty, "ratio": ratio})
+                print(
+                    f"round {i + 1}: segmenter {none['events_per_s']:,.0f} ev/s without "
+                    f"audiences, {twenty['events_per_s']:,.0f} ev/s with 20 ({ratio:.2f}x; "
+                    f"{twenty['members']} members, {twenty['changes']} changes)"
+                )
+        for size, group in itertools.groupby(cases, key=lambda c: c.history):
+            history = None
+            if size:
+                history = ensure_history(size, max_age_days=args.history_max_age_days)
+                histories[str(size)] = history[1]
+            for case in group:
+                print(f"{case.label()}:")
+                results = []
+                for i in range(rounds):
+                    try:
+                        f = await freshness(
+                            broker,
+                            Path(tmp),
+                            case,
+                            seconds=args.seconds,
+                            history=history,
+                            startup_timeout_s=args.startup_timeout,
+                        )
+                    except RuntimeError as exc:
+                        # A segmenter that dies or never starts (memory, time) on one point of
+                        # a long matrix: recorded, and the other points still run.
+                        failures.append({**vars(case), "round": i + 1, "error": str(exc)})
+                        print(f"  round {i + 1}: FAILED: {exc}")
+                        continue
+                    results.append(f)
+                    fresh.append(f)
+                    print(f"  round {i + 1}: {round_line(f, args.seconds)}")
+                if not results:
+                    continue
+                summary = summarize(case, results, cpu, args.seconds)
+                matrix.append(summary)
+                print(
+                    f"  => p50 {_fmt(summary['p50_s'])}, p99 {_fmt(summary['p99_s'])}; segmenter "
+                    f"{summary['segmenter_events_per_s'] or float('nan'):,.0f} events/s; "
+                    f"evaluation median {_fmt(summary['eval_median_s'])}, round median "
+                    f"{_fmt(summary['round_median_s'])}; CPU {cpu}"
+                )
+    med: dict[str, Any] = {}
+    if cost:
+        med = {
+            "events_per_s_none": statistics.median(c["none"]["events_per_s"] for c in cost),
+            "events_per_s_twenty": statistics.median(c["twenty"]["events_per_s"] for c in cost),
+            "ratio": statistics.median(c["ratio"] for c in cost),
+        }
+        print(f"\nmedian of {rounds} rounds ({args.events:,} events, 3 sites, 20 audiences)")
+        print(f"  segmenter, no audiences   {med['events_per_s_none']:>10,.0f} events/s")
+        print(f"  segmenter, 20 audiences   {med['events_per_s_twenty']:>10,.0f} events/s")
+        print(f"  ratio (same round)        {med['ratio']:>10.2f}")
+    print(f"\nfreshness pixel->enter, median of {rounds} round(s) (goal: p99 < 1 s); CPU {cpu}")
+    print(
+        f"  {'stored events':>14} {'audiences':>9} {'sites':>5} {'px/s':>6} {'p50 s':>7} "
+        f"{'p99 s':>7} {'seg ev/s':>9} {'eval med s':>10} {'round med s':>11} {'start-up s':>10} "
+        f"{'lag s':>6} keeps up"
+    )
+    for m in matrix:
         print(
-            f"  freshness pixel->enter    p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms "
-            f"at {float(rate):,.0f} pixels/s (goal: p99 < 1000 ms)"
+            f"  {m['history']:>14,} {m['audiences']:>9} {m['sites']:>5} {m['rate']:>6,.0f} "
+            f"{_fmt(m['p50_s'], '', 3):>7} {_fmt(m['p99_s'], '', 3):>7} "
+            f"{m['segmenter_events_per_s'] or float('nan'):>9,.0f} "
+            f"{_fmt(m['eval_median_s'], '', 4):>10} {_fmt(m['round_median_s'], '', 4):>11} "
+            f"{m['startup_s'] or float('nan'):>10.1f} {m['lag_s'] or float('nan'):>6.1f} "
+            f"{'yes' if m['keeps_up'] else 'no'}"
         )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     path = out / f"audiences-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_bytes(
         orjson.dumps(
-            {"args": vars(args), "cost": cost, "freshness": fresh, "median": med},
+            {
+                "args": vars(args),
+                "cpu_model": cpu,
+                "cores": os.cpu_count(),
+                "cost": cost,
+                "freshness": fresh,
+                "median": med,
+                "matrix": matrix,
+                "histories": histories,
+                "failures": failures,
+            },
             option=orjson.OPT_INDENT_2,
         )
     )
     print(f"  raw results {path}")
+    try:
+        from bench.plot import plot_results
+    except ImportError:
+        print("  (no plot: matplotlib is not installed; pip install -e '.[bench]')")
+    else:
+        print(f"  plot {plot_results(path)}")
 
 
 if __name__ == "__main__":

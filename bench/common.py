@@ -1,9 +1,10 @@
-"""Pieces both benchmarks use: core pinning and waiting for a service to be ready."""
+"""Pieces the benchmarks share: core pinning, waiting for a service, the CPU model."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import subprocess
 import sys
 import urllib.request
@@ -28,12 +29,28 @@ async def wait_ready(base: str, timeout_s: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
-def apply_audiences_offline(chdb: Path, document: str) -> None:
-    """Write audience definitions into a chDB directory no process holds yet."""
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), printed with results: figures depend on it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "-"
+
+
+def apply_audiences_offline(
+    chdb: Path, document: str, env_extra: dict[str, str] | None = None
+) -> None:
+    """Write audience definitions into a chDB directory no process holds yet (``env_extra``:
+    more settings, e.g. ``LEADBACK_SITES`` when the audiences are not on the demo site)."""
     env = {
         **os.environ,
         "LEADBACK_CLICKHOUSE_URL": f"chdb://{chdb}",
         "LEADBACK_LOG_LEVEL": "warning",
+        **(env_extra or {}),
     }
     subprocess.run(
         [sys.executable, "-m", "leadback", "audiences", "apply", "--offline", "-f", "-"],

@@ -63,7 +63,7 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer
 
-from bench.common import CORE_CLIENT, CORE_SERVER, pin
+from bench.common import CORE_CLIENT, CORE_SERVER, cpu_model, pin
 from bench.procs import pin_all_threads
 from bench.segmenter import cpu_delta, thread_cpu
 from leadback.audiences.changes import change_record, encode, ms_timestamp
@@ -739,14 +739,6 @@ async def one_round(ctx: Ctx, i: int) -> dict[str, Any]:
 
 
 # -- driver -------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "-"
 
 
 def round_line(i: int, r: dict[str, Any]) -> str:
