@@ -17,8 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leadback.audiences.backfill import SignalBackfill
+from leadback.audiences.compiler import NEVER, compile_rule
+from leadback.audiences.predicates import match_sql
 from leadback.audiences.query import VersionedAudience, build_evaluation
-from leadback.audiences.rules import AudienceSpec, parse_audience
+from leadback.audiences.rules import AudienceSpec, EventMatch, parse_audience
+from leadback.audiences.signals import Signal
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 from tests.integration.audience_kit import encoded, event
@@ -163,3 +166,45 @@ async def test_signal_state_answers_like_the_raw_events(
         assert await _rows(db, on_state.members, site, now) == await _rows(
             db, on_events.members, site, now
         )
+
+
+def _greedy(steps: list[list[int]], within: int | None, now: int) -> bool:
+    """The sequence rule as the docs define it, step by step in Python."""
+    arrays = [sorted(t for t in ts if t <= now) for ts in steps]
+    for start in arrays[0]:
+        prev = start
+        for arr in arrays[1:]:
+            prev = min((v for v in arr if v > prev), default=NEVER)
+        if prev < NEVER and (within is None or prev - start <= within):
+            return True
+    return False
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(st.lists(st.integers(0, 40), max_size=12), min_size=2, max_size=4),
+    within=st.one_of(st.none(), st.integers(1, 20)),
+    now=st.integers(10, 45),
+)
+async def test_sequences_match_the_greedy_definition(
+    db: ClickHouseStore, steps: list[list[int]], within: int | None, now: int
+) -> None:
+    types = ["page_view", "product_view", "add_to_cart", "checkout"][: len(steps)]
+    body: dict[str, Any] = {"steps": [{"event": t} for t in types]}
+    if within is not None:
+        body["within"] = f"{within}s"
+    spec = parse_audience({"id": "seq", "site": "s", "rule": {"sequence": body}})
+    rule = compile_rule(spec, {})
+    columns = {
+        Signal("s", match_sql(EventMatch(event=[t])), None, times=True).column: ts
+        for t, ts in zip(types, steps, strict=True)
+    }
+    bindings = ", ".join(f"{{{c}:Array(Int64)}} AS {c}" for c in columns)
+    rows = await db.query(
+        f"WITH {bindings} SELECT toUInt8({rule.expression})",
+        {**{c: [t * 1000 for t in ts] for c, ts in columns.items()}, "now": now * 1000},
+    )
+    ms = [[t * 1000 for t in ts] for ts in steps]
+    assert bool(rows[0][0]) == _greedy(ms, None if within is None else within * 1000, now * 1000)

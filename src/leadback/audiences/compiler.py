@@ -123,19 +123,37 @@ def _cond(c: Condition, ctx: _Context) -> str:
 
 
 def _sequence(c: SequenceCond, ctx: _Context) -> str:
-    """Greedy: from each occurrence of step 1, the earliest later occurrence of each next step."""
+    """Greedy: from each occurrence of step 1, the earliest later occurrence of each next step.
+
+    For every start at once, in linear passes over sorted arrays (a heavy visitor has thousands
+    of starts: a scan per start was quadratic): the starts and the next step's times are merged
+    in time order (a step's time before a start at the same millisecond: it must be strictly
+    later), and ``arrayReverseFill`` gives each start the first step time after it."""
     seq = c.sequence
     arrays = [f"arraySort({ctx.within(s, None)})" for s in seq.steps]
-    start = ctx.fresh()
-    prev = start
+    reached = arrays[0]
     for arr in arrays[1:]:
-        v = ctx.fresh()
-        prev = f"arrayMin(arrayConcat(arrayFilter({v} -> {v} > {prev}, {arr}), [toInt64({NEVER})]))"
-    last = prev
-    ok = f"{last} < {NEVER}"
+        reached = _next_after(reached, arr, ctx)
+    x, e = ctx.fresh(), ctx.fresh()
+    ok = f"{e} < {NEVER}"
     if seq.within is not None:
-        ok += f" AND {last} - {start} <= {seq.within}"
-    return f"arrayExists({start} -> {ok}, {arrays[0]})"
+        ok += f" AND {e} - {x} <= {seq.within}"
+    return f"arrayExists(({e}, {x}) -> {ok}, {reached}, {arrays[0]})"
+
+
+def _next_after(positions: str, times: str, ctx: _Context) -> str:
+    """For each of the sorted ``positions``, the first of the sorted ``times`` strictly after
+    it (``NEVER`` when there is none), in the positions' order."""
+    v, w, f, m = ctx.fresh(), ctx.fresh(), ctx.fresh(), ctx.fresh()
+    merged = (
+        f"arraySort(arrayConcat(arrayMap({v} -> ({v}, 0), {times}), "
+        f"arrayMap({w} -> ({w}, 1), {positions})))"
+    )
+    filled = f"arrayReverseFill({f} -> {f}.2 = 0, {merged})"
+    return (
+        f"arrayMap({f} -> if({f}.2 = 0, {f}.1, toInt64({NEVER})), "
+        f"arrayFilter(({f}, {m}) -> {m}.2 = 1, {filled}, {merged}))"
+    )
 
 
 def _inline(audience_id: str, ctx: _Context) -> str:

@@ -168,7 +168,7 @@ def build_evaluation(
 SELECT audience_id, person, products, if(due >= {NEVER}, 0, due) AS due FROM (
     {union}
 )
-WHERE member = 1 OR (audience_id = '' AND due < {NEVER})"""
+WHERE member = 1 OR (audience_id = '' AND due != 0)"""
     previous_sql = f"""SELECT audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
