@@ -29,7 +29,7 @@ from typing import Literal
 from leadback.audiences.compiler import NEVER, NOW, CompiledRule, compile_rule
 from leadback.audiences.predicates import literal
 from leadback.audiences.rules import AudienceSpec
-from leadback.audiences.signals import ELIGIBLE, Signal, by_id, entries_sql
+from leadback.audiences.signals import ELIGIBLE, Signal, any_event, by_id, entries_sql
 
 Source = Literal["signals", "events"]
 
@@ -59,12 +59,14 @@ def _array(values: Sequence[str | int]) -> str:
     return "[" + ", ".join(literal(v) if isinstance(v, str) else str(v) for v in values) + "]"
 
 
-def _columns(signals: Iterable[Signal]) -> str:
-    """One column per signal in a group of ``st`` rows: its times, or its latest time."""
+def _columns(signals: Iterable[Signal], product: str | None = None) -> str:
+    """One column per signal in a group of ``st`` rows: its times, or its latest time (of the
+    rows of ``product`` only, when given)."""
+    only = f" AND product = {product}" if product is not None else ""
     cols = [
-        f"anyIf(ts, signal = {s.id}) AS {s.column}"
+        f"anyIf(ts, signal = {s.id}{only}) AS {s.column}"
         if s.times
-        else f"maxIf(last_t, signal = {s.id}) AS {s.column}"
+        else f"maxIf(last_t, signal = {s.id}{only}) AS {s.column}"
         for s in by_id(signals)
     ]
     return ", ".join(cols)
@@ -126,40 +128,45 @@ def build_evaluation(
     product_level = [(a, r) for a, r in zip(evaluate, rules, strict=True) if a.spec.products]
     pfilter = " AND person_id IN {persons:Array(String)}" if incremental else ""
 
+    # One pass over ``st`` per level: the persons (with the due time), and the products.
     fresh: list[str] = []
-    if person_level:
+    if person_level or thresholds:
         person_signals = frozenset().union(*(r.signals for _, r in person_level))
-        ids = [a.spec.id for a, _ in person_level]
-        members = [f"toUInt8({r.expression})" for _, r in person_level]
+        ids = ["", *(a.spec.id for a, _ in person_level)]
+        members = ["toUInt8(0)", *(f"toUInt8(has_p AND {r.expression})" for _, r in person_level)]
+        cols = _columns(person_signals, product="''")
         fresh.append(
-            f"""SELECT audience_id, person, member, emptyArrayString() AS products,
-        toInt64({NEVER}) AS due
+            f"""SELECT audience_id, person, member, emptyArrayString() AS products, due
     FROM (
-        SELECT person, [{", ".join(members)}] AS ms FROM (
-            SELECT person, {_columns(person_signals)}
-            FROM st WHERE product = '' GROUP BY person
+        SELECT person, [{", ".join(members)}] AS ms, due FROM (
+            SELECT person, {cols + ", " if cols else ""}countIf(product = '') > 0 AS has_p,
+                {_due_sql(thresholds)} AS due
+            FROM st GROUP BY person
         )
     ) ARRAY JOIN ms AS member, {_array(ids)} AS audience_id"""
         )
-    for a, r in product_level:
+    if product_level:
+        product_signals = frozenset().union(*(r.signals for _, r in product_level))
+        ids = [a.spec.id for a, _ in product_level]
+        # A product counts for an audience when its events are among the audience's: the
+        # product shows in the audience's any-event signal.
+        anchors = [_anchor(a.spec).id for a, _ in product_level]
+        seen = ", ".join(f"countIf(signal = {i}) > 0 AS seen_{i}" for i in sorted(set(anchors)))
+        oks = [
+            f"toUInt8(seen_{i} AND {r.expression})"
+            for i, (_, r) in zip(anchors, product_level, strict=True)
+        ]
         fresh.append(
-            f"""SELECT {literal(a.spec.id)} AS audience_id, person, toUInt8(1) AS member,
-        products, toInt64({NEVER}) AS due
+            f"""SELECT audience_id, person, toUInt8(1) AS member, products, toInt64({NEVER}) AS due
     FROM (
-        SELECT person, arraySort(groupArrayIf(product, ok)) AS products FROM (
-            SELECT person, product, toUInt8({r.expression}) AS ok FROM (
-                SELECT person, product, {_columns(r.signals)}
-                FROM st WHERE product != '' AND signal IN {_ids(r.signals)}
-                GROUP BY person, product
+        SELECT audience_id, person, arraySort(groupArrayIf(product, ok)) AS products FROM (
+            SELECT person, product, [{", ".join(oks)}] AS oks FROM (
+                SELECT person, product, {_columns(product_signals)}, {seen}
+                FROM st WHERE product != '' GROUP BY person, product
             )
-        ) GROUP BY person
+        ) ARRAY JOIN oks AS ok, {_array(ids)} AS audience_id
+        GROUP BY audience_id, person
     ) WHERE notEmpty(products)"""
-        )
-    if thresholds:
-        fresh.append(
-            f"""SELECT '' AS audience_id, person, toUInt8(0) AS member,
-        emptyArrayString() AS products, {_due_sql(thresholds)} AS due
-    FROM st GROUP BY person"""
         )
     all_ids = [a.spec.id for a in evaluate]
     union = "\n    UNION ALL\n    ".join(fresh)
@@ -175,9 +182,16 @@ WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
     return EvaluationQuery(members_sql, previous_sql, tuple(rules), thresholds, signals)
 
 
+def _anchor(spec: AudienceSpec) -> Signal:
+    """The any-event signal of a product-level audience's product key."""
+    return any_event(spec.site, spec.products.property if spec.products else None)
+
+
 def _due_sql(thresholds: frozenset[int]) -> str:
     """The next time after ``now`` at which a time condition could change for this person:
     a recent signal time plus a threshold (window end, idle limit...)."""
+    if not thresholds:
+        return f"toInt64({NEVER})"
     horizon = max(thresholds)
     ds = _array(sorted(thresholds))
     recent = f"groupArrayArray(arrayFilter(x -> x > {NOW} - {horizon}, arrayConcat(ts, [last_t])))"
