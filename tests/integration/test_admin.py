@@ -380,6 +380,22 @@ async def test_delete_exits_members_and_refuses_audiences_in_use(admin: Admin) -
     assert (await admin.http.delete("/v1/sites/shop/audiences/viewers")).status_code == 200
 
 
+async def test_status_says_when_an_audience_is_live_and_how_far_its_backfill_is(
+    admin: Admin,
+) -> None:
+    await admin.send(*(event("shop", f"h{i}", "page_view", T0 - 86_400) for i in range(40)))
+    admin.engine.backfill.rows_per_range = 10
+    await admin.http.put("/v1/sites/shop/audiences/viewers", json=VIEWERS)
+    [pending] = (await admin.http.get("/v1/audiences:status")).json()["audiences"]
+    assert (pending["id"], pending["state"], pending["fraction"]) == ("viewers", "pending", 0.0)
+    await admin.engine.tick()
+    [live] = (await admin.http.get("/v1/audiences:status?site=shop")).json()["audiences"]
+    assert (live["state"], live["fraction"]) == ("live", 1.0)
+    assert live["rows_read"] >= 40  # the history, and the events stored around the feed's start
+    assert live["total"] >= 1 and live["done"] == live["total"]
+    assert (await admin.http.get("/v1/sites/shop/audiences/viewers")).json()["size"] == 40
+
+
 async def test_explain_shows_the_compiled_sql(admin: Admin) -> None:
     await admin.put("shop", "viewers", VIEWERS)
     r = await admin.http.get("/v1/sites/shop/audiences/viewers/explain")
@@ -651,6 +667,17 @@ async def test_cli_apply_list_members_export_and_errors(admin: Admin, tmp_path: 
 
         code, out, _ = await cli("audiences", "explain", "shop", "viewers", *base)
         assert out.startswith("-- rule\n")
+
+        code, out, _ = await cli("audiences", "status", "--site", "shop", *base)
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].split() == ["SITE", "ID", "VERSION", "STATE", "PROGRESS", "EVENTS", "READ"]
+        assert sorted(line.split()[:5] for line in lines[1:]) == [
+            ["shop", "engaged", "1", "live", "100%"],
+            ["shop", "viewers", "1", "live", "100%"],
+        ]
+        code, out, _ = await cli("audiences", "status", "--watch", *base)
+        assert code == 0 and "shop/viewers v1 live" in out
 
         code, _, err = await cli("audiences", "delete", "shop", "viewers", *base)
         assert code == 1
