@@ -274,7 +274,8 @@ def round_line(f: dict[str, Any], seconds: float) -> str:
         "statement "
         f"median {_fmt(f.get('eval_median_s'))} [{f.get('eval_median_source', '-')}], round "
         f"median {_fmt(f.get('round_median_s'))} [{f.get('round_median_source', '-')}]; "
-        f"start-up {f['startup_s']:.1f} s + {f['settle_s']:.1f} s to publish its changes, "
+        f"start-up {f['startup_s']:.1f} s + {f['settle_s']:.1f} s to bring the audiences live "
+        "(backfill, evaluation) and publish, "
         f"warm-up {f['warmup_s']:.1f} s; pixel->evaluation p50 "
         f"{_fmt(f['pixel_to_evaluation_p50_s'])})"
     )

@@ -265,9 +265,10 @@ async def _wait_metrics(url: str, proc: subprocess.Popen[bytes], timeout_s: floa
 
 
 async def _wait_settled(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
-    """Seconds until what the start-up evaluation logged is published and read by the dispatcher
-    beside the segmenter (a day-old deployment is past that; the run measures steady work, with
-    the timer passes that come due all along)."""
+    """Seconds until the audiences are live (their signals backfilled over the history, everyone
+    evaluated) and what that logged is published and read by the dispatcher beside the segmenter
+    (a day-old deployment is past that; the run measures steady work, with the timer passes that
+    come due all along)."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < timeout_s:
         if proc.poll() is not None:
@@ -278,7 +279,10 @@ async def _wait_settled(url: str, proc: subprocess.Popen[bytes], timeout_s: floa
             logged = v.get("leadback_audience_changes_total", 0.0)
             published = v.get("leadback_audience_changes_published_total", 0.0)
             read = v.get("leadback_dispatch_changes_total", published)
-            if published >= logged and read >= published:
+            refreshing = v.get("leadback_audience_refreshing", 0.0) or v.get(
+                "leadback_audiences_not_live", 0.0
+            )
+            if published >= logged and read >= published and not refreshing:
                 return time.perf_counter() - t0
         await asyncio.sleep(1.0)
     raise RuntimeError(f"the start-up changes were not settled within {timeout_s:.0f} s")

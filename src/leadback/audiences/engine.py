@@ -171,6 +171,15 @@ class AudienceEngine:
             async with self._lock:
                 await self._sweep()
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether new or changed definitions are being brought live now."""
+        return self._refreshing is not None and not self._refreshing.done()
+
+    def not_live(self) -> int:
+        """Active audiences not evaluated as events arrive yet (signals being backfilled)."""
+        return sum(not self._definitions.is_live(a) for a in self._all_active())
+
     async def refreshed(self) -> None:
         """Wait until the refresh in progress (if any) is over; raise what stopped it."""
         task = self._refreshing

@@ -54,6 +54,18 @@ def samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
             "leadback_identity_links", "identity links applied", "counter", au.identity_links
         )
         yield Sample(
+            "leadback_audiences_not_live",
+            "active audiences whose signals are still being backfilled",
+            "gauge",
+            engine.not_live(),
+        )
+        yield Sample(
+            "leadback_audience_refreshing",
+            "1 while new or changed audiences are being brought live (backfill, evaluation)",
+            "gauge",
+            int(engine.refreshing),
+        )
+        yield Sample(
             "leadback_audience_last_evaluation_seconds",
             "duration of the last evaluation",
             "gauge",

@@ -1,0 +1,143 @@
+"""Backfill of one new audience over stored history: time, events read, peak memory.
+
+A copy of the cached history (``bench/history_cache.py``) gets the 20 bench audiences live, then
+one new audience is applied; the engine brings it live as the segmenter would (feed view,
+backfill of its new signals range by range, evaluation of everyone of the site range by range).
+Peak memory is the process's peak resident set (chDB runs in this process) over the new
+audience's refresh, against the resident set before it.
+
+    python -m bench.backfill [--events 50000000] [--rows-per-range 1000000]
+
+Prints one line per phase and writes bench/results/backfill-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from bench.audience_sets import many_audiences_yaml
+from bench.common import cpu_model
+from bench.history_cache import clone, ensure_history
+from leadback.audiences.changes import ChangeRecord
+from leadback.audiences.engine import AudienceEngine
+from leadback.audiences.rules import parse_audience, parse_audiences
+from leadback.logs import configure_logging
+from leadback.settings import ClickHouseSettings
+from leadback.store.client import ClickHouseStore
+from leadback.store.migrations import migrate
+
+NEW_AUDIENCE = {
+    "id": "bench_new",
+    "site": "shop",
+    "name": "Viewed shoes twice in 30 days, no purchase since",
+    "rule": {
+        "all": [
+            {
+                "did": {
+                    "event": "product_view",
+                    "count": 2,
+                    "within": "30d",
+                    "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+                }
+            },
+            {"not": {"did": {"event": "purchase", "within": "30d"}}},
+        ]
+    },
+}
+
+
+class CountingPublisher:
+    """Counts the changes the engine publishes (the broker is not what is measured here)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    async def publish(self, records: list[ChangeRecord]) -> None:
+        self.records += len(records)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def run(events: int, rows_per_range: int) -> dict[str, Any]:
+    home, _ = ensure_history(events)
+    target = Path(tempfile.mkdtemp(prefix="lb-backfill-")) / "chdb"
+    clone(home, target)
+    store = ClickHouseStore(ClickHouseSettings(url=f"chdb://{target}", database="leadback"))
+    try:
+        await migrate(store)
+        publisher = CountingPublisher()
+        engine = AudienceEngine(store, publisher)
+        engine.backfill.rows_per_range = rows_per_range
+        for spec in parse_audiences(yaml.safe_load(many_audiences_yaml(20))):
+            await engine.repository.put(spec)
+        started = time.perf_counter()
+        await engine.start()
+        await engine.refreshed()
+        first = time.perf_counter() - started
+        print(f"20 audiences live over {events:,} events in {first:.1f} s")
+        rss_before = _rss_mb()
+        published = publisher.records
+        await engine.repository.put(parse_audience(NEW_AUDIENCE))
+        started = time.perf_counter()
+        await engine.tick()
+        took = time.perf_counter() - started
+        rss_after = _rss_mb()
+        rows = await store.query(
+            "SELECT phase, done, total, rows_read FROM leadback.audience_refreshes FINAL "
+            "WHERE audience_id = 'bench_new'"
+        )
+        phase, done, total, rows_read = rows[0]
+        result = {
+            "cpu": cpu_model(),
+            "at": datetime.now(UTC).isoformat(),
+            "events": events,
+            "first_20_audiences_s": round(first, 2),
+            "new_audience_s": round(took, 2),
+            "events_read": int(rows_read),
+            "evaluation_ranges": int(total),
+            "changes_published": publisher.records - published,
+            "peak_rss_mb_before": round(rss_before),
+            "peak_rss_mb_after": round(rss_after),
+            "phase": phase,
+            "done": int(done),
+        }
+        print(
+            f"new audience over {events:,} events: live in {took:.1f} s, {int(rows_read):,} events "
+            f"read by the backfill, {int(total)} evaluation ranges, "
+            f"{result['changes_published']:,} enters published; peak RSS {rss_before:.0f} MB "
+            f"before, {rss_after:.0f} MB after; CPU {result['cpu']}"
+        )
+        await engine.close()
+        return result
+    finally:
+        await store.close()
+        shutil.rmtree(target.parent, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--events", type=int, default=50_000_000)
+    parser.add_argument("--rows-per-range", type=int, default=1_000_000)
+    args = parser.parse_args()
+    configure_logging("warning")
+    result = asyncio.run(run(args.events, args.rows_per_range))
+    out = Path(__file__).parent / "results" / f"backfill-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"  raw results {out}")
+
+
+if __name__ == "__main__":
+    main()
