@@ -71,8 +71,8 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run(events: int, rows_per_range: int) -> dict[str, Any]:
-    home, _ = ensure_history(events)
+async def run(events: int, rows_per_range: int, skew: float) -> dict[str, Any]:
+    home, _ = ensure_history(events, skew=skew)
     target = Path(tempfile.mkdtemp(prefix="lb-backfill-")) / "chdb"
     clone(home, target)
     store = ClickHouseStore(ClickHouseSettings(url=f"chdb://{target}", database="leadback"))
@@ -104,6 +104,7 @@ async def run(events: int, rows_per_range: int) -> dict[str, Any]:
             "cpu": cpu_model(),
             "at": datetime.now(UTC).isoformat(),
             "events": events,
+            "skew": skew,
             "first_20_audiences_s": round(first, 2),
             "new_audience_s": round(took, 2),
             "events_read": int(rows_read),
@@ -131,9 +132,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=50_000_000)
     parser.add_argument("--rows-per-range", type=int, default=1_000_000)
+    parser.add_argument("--skew", type=float, default=3.0, help="as bench.audiences --skew")
     args = parser.parse_args()
     configure_logging("warning")
-    result = asyncio.run(run(args.events, args.rows_per_range))
+    result = asyncio.run(run(args.events, args.rows_per_range, args.skew))
     out = Path(__file__).parent / "results" / f"backfill-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"  raw results {out}")

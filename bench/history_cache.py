@@ -42,25 +42,32 @@ def schema_digest() -> str:
     return h.hexdigest()[:12]
 
 
-def _wanted(events: int, seed: int, days: int) -> dict[str, Any]:
+def _wanted(events: int, seed: int, days: int, skew: float) -> dict[str, Any]:
     return {
         "events": events,
         "seed": seed,
         "days": days,
+        "skew": skew,
         "sites": [name for name, _ in HISTORY_SITES],
         "schema": schema_digest(),
     }
 
 
 def ensure_history(
-    events: int, *, seed: int = 7, days: int = 300, max_age_days: float = 7.0
+    events: int,
+    *,
+    seed: int = 7,
+    days: int = 300,
+    skew: float = 3.0,
+    max_age_days: float = 7.0,
 ) -> tuple[Path, dict[str, Any]]:
     """The cache directory of ``events`` stored events (filled now if missing or stale) and its
     manifest. The fill runs as a child process (``python -m bench.history``): one chDB
     directory per process, and this one may hold another."""
-    home = DATA / f"history-{events}"
+    name = f"history-{events}" if skew == 3.0 else f"history-{events}-skew{skew:g}"
+    home = DATA / name
     manifest_path = home / "manifest.json"
-    wanted = _wanted(events, seed, days)
+    wanted = _wanted(events, seed, days, skew)
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         age_days = (time.time() - manifest["filled_at"]) / 86_400
@@ -68,7 +75,7 @@ def ensure_history(
             print(f"  history: {events:,} events from {home} (filled {age_days:.1f} days ago)")
             return home, manifest
         print(f"  history: {home} is stale (other shape, schema or older than {max_age_days} d)")
-    staging = DATA / f"history-{events}.filling"
+    staging = DATA / f"{name}.filling"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     print(f"  history: filling {events:,} events into {home} (once; kept for later runs)")
@@ -85,6 +92,8 @@ def ensure_history(
             str(seed),
             "--days",
             str(days),
+            "--skew",
+            str(skew),
             "--manifest",
             str(staging / "manifest.json"),
         ],
