@@ -161,7 +161,7 @@ async def test_signal_state_answers_like_the_raw_events(
     ]
     by_id = {s.id: s for s in specs}
     versioned = [VersionedAudience(s, 1) for s in specs]
-    on_state = build_evaluation(db.database, versioned, by_id, incremental=False)
+    on_state = build_evaluation(db.database, versioned, by_id, incremental=False, materialize=fed)
     on_events = build_evaluation(db.database, versioned, by_id, incremental=False, source="events")
     backfill = SignalBackfill(db)
     signals = list(on_state.signals)

@@ -27,6 +27,7 @@ class LoadedAudiences:
         self._wanted: frozenset[str] | None = None
         self._signals: dict[tuple[str, str, int], frozenset[Signal]] = {}
         self._complete: frozenset[int] = frozenset()
+        self.materialize = False  # the store reads a materialized CTE once (see query.py)
 
     def load(self, stored: Sequence[StoredAudience]) -> None:
         """Take the stored definitions (deleted ones are left out); drop the caches if any
@@ -104,7 +105,11 @@ class LoadedAudiences:
         query = self._queries.get(key)
         if query is None:
             query = build_evaluation(
-                self._db, [a.versioned for a in evaluate], self.specs(site), incremental=True
+                self._db,
+                [a.versioned for a in evaluate],
+                self.specs(site),
+                incremental=True,
+                materialize=self.materialize,
             )
             self._queries[key] = query
         return query

@@ -119,8 +119,11 @@ def build_evaluation(
     *,
     incremental: bool,
     source: Source = "signals",
+    materialize: bool = False,
 ) -> EvaluationQuery:
-    """The statements that evaluate ``evaluate`` (audiences of one site)."""
+    """The statements that evaluate ``evaluate`` (audiences of one site). ``materialize``: read
+    ``st`` once for both levels (a materialized CTE, ClickHouse 25.10 and later; without it
+    each level reads it again)."""
     rules = [compile_rule(a.spec, site_audiences) for a in evaluate]
     thresholds = frozenset().union(*(r.thresholds for r in rules)) if rules else frozenset()
     signals: frozenset[Signal] = frozenset().union(*(r.signals for r in rules))
@@ -170,12 +173,17 @@ def build_evaluation(
         )
     all_ids = [a.spec.id for a in evaluate]
     union = "\n    UNION ALL\n    ".join(fresh)
+    state = _state(db, signals, incremental=incremental, source=source)
+    if materialize:
+        state = state.replace("st AS (", "st AS MATERIALIZED (", 1)
     members_sql = f"""WITH
-{_state(db, signals, incremental=incremental, source=source)}
+{state}
 SELECT audience_id, person, products, if(due >= {NEVER}, 0, due) AS due FROM (
     {union}
 )
 WHERE member = 1 OR (audience_id = '' AND due != 0)"""
+    if materialize:
+        members_sql += "\nSETTINGS enable_materialized_cte = 1"
     previous_sql = f"""SELECT audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
