@@ -111,7 +111,7 @@ conditions = st.recursive(
 def histories(draw: st.DrawFn) -> list[tuple[str, str, float, dict[str, Any]]]:
     found = []
     for visitor in ("v1", "v2", "v3"):
-        for _ in range(draw(st.integers(0, 8))):
+        for _ in range(draw(st.integers(0, 24))):
             etype = draw(types)
             at = T0 + draw(st.integers(0, 20 * 24)) * 3600.0 + draw(st.integers(0, 59))
             props: dict[str, Any] = {}
@@ -137,7 +137,7 @@ async def db(store: ClickHouseStore) -> ClickHouseStore:
 
 
 @settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

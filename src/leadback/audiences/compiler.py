@@ -44,6 +44,27 @@ NEVER = 9_000_000_000_000_000_000
 NOW = "{now:Int64}"
 
 
+@dataclass(frozen=True)
+class Need:
+    """What the rules read of a signal's times (up to now): ``everything``, or only those in
+    the last ``window`` ms and the ``latest`` few. The evaluation keeps just that much of each
+    person's times, so a long history costs no more than a short one."""
+
+    everything: bool
+    window: int
+    latest: int
+
+    def merge(self, other: Need) -> Need:
+        return Need(
+            self.everything or other.everything,
+            max(self.window, other.window),
+            max(self.latest, other.latest),
+        )
+
+
+NOTHING = Need(False, 0, 0)
+
+
 @dataclass
 class _Context:
     """What compiling one audience needs: the site's audiences (for ``in_audience``), and what
@@ -55,7 +76,15 @@ class _Context:
     stack: list[str] = field(default_factory=list)
     thresholds: set[int] = field(default_factory=set)
     signals: set[Signal] = field(default_factory=set)
+    needs: dict[Signal, Need] = field(default_factory=dict)
     var: int = 0
+
+    def need(self, match: EventMatch, *, window: int | None = None, latest: int = 0) -> None:
+        """Record what a use reads of ``match``'s times: those in ``window`` (``None`` with no
+        ``latest``: all of them), and the ``latest`` few."""
+        signal = Signal(self.site, match_sql(match), self.product_key, times=True)
+        use = Need(everything=window is None and latest == 0, window=window or 0, latest=latest)
+        self.needs[signal] = self.needs.get(signal, NOTHING).merge(use)
 
     def fresh(self) -> str:
         self.var += 1
@@ -73,28 +102,50 @@ class _Context:
         self.signals.add(signal)
         return signal.column
 
+    def _in_window(self, x: str, within: int | None) -> str:
+        if within is None:
+            return f"{x} <= {NOW}"
+        self.thresholds.add(within)
+        return f"{x} > {NOW} - {within} AND {x} <= {NOW}"
+
     def within(self, match: EventMatch, within: int | None) -> str:
         """The times of ``match`` in ``(now - within, now]`` (all up to now without one)."""
         x = self.fresh()
-        if within is None:
-            return f"arrayFilter({x} -> {x} <= {NOW}, {self.times(match)})"
-        self.thresholds.add(within)
-        return f"arrayFilter({x} -> {x} > {NOW} - {within} AND {x} <= {NOW}, {self.times(match)})"
+        return f"arrayFilter({x} -> {self._in_window(x, within)}, {self.times(match)})"
+
+    def count(self, match: EventMatch, within: int | None) -> str:
+        """How many times of ``match`` lie in ``(now - within, now]`` (no array is built)."""
+        x = self.fresh()
+        return f"arrayCount({x} -> {self._in_window(x, within)}, {self.times(match)})"
 
 
 def _cond(c: Condition, ctx: _Context) -> str:
     if isinstance(c, DidCond):
         d = c.did
-        n = f"length({ctx.within(d, d.within)})"
+        if d.within is not None:
+            ctx.need(d, window=d.within)
+        else:  # a count: the latest max(min, max + 1) say whether it is in bounds
+            bound = d.count.max + 1 if d.count.max is not None else 0
+            ctx.need(d, latest=max(d.count.min, bound, 1))
+        n = ctx.count(d, d.within)
         lo = f"{n} >= {d.count.min}" if d.count.min > 0 else "1"
         if d.count.max is None:
             return f"({lo})"
         return f"({lo} AND {n} <= {d.count.max})"
     if isinstance(c, ThenNotCond):
         tn = c.then_not
+        if tn.within is None:  # how many did, and the last did and then
+            if tn.did.within is not None:
+                ctx.need(tn.did, window=tn.did.within)
+            else:
+                ctx.need(tn.did, latest=max(tn.did.count.min, 1))
+            ctx.need(tn.then, latest=1)
+        else:  # every did of the window, and the thens after them
+            ctx.need(tn.did, window=tn.did.within)
+            ctx.need(tn.then, window=tn.did.within)
         first = ctx.within(tn.did, tn.did.within)
         then = ctx.within(tn.then, None)
-        enough = f"length({first}) >= {max(tn.did.count.min, 1)}"
+        enough = f"{ctx.count(tn.did, tn.did.within)} >= {max(tn.did.count.min, 1)}"
         if tn.within is None:
             return f"({enough} AND arrayMax({first}) > arrayMax({then}))"
         ctx.thresholds.add(tn.within)
@@ -130,6 +181,8 @@ def _sequence(c: SequenceCond, ctx: _Context) -> str:
     in time order (a step's time before a start at the same millisecond: it must be strictly
     later), and ``arrayReverseFill`` gives each start the first step time after it."""
     seq = c.sequence
+    for step in seq.steps:
+        ctx.need(step)
     arrays = [f"arraySort({ctx.within(s, None)})" for s in seq.steps]
     reached = arrays[0]
     for arr in arrays[1:]:
@@ -186,6 +239,7 @@ class CompiledRule:
     expression: str
     thresholds: frozenset[int]
     signals: frozenset[Signal]
+    needs: tuple[tuple[Signal, Need], ...] = ()
 
 
 def compile_rule(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) -> CompiledRule:
@@ -197,7 +251,13 @@ def compile_rule(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) ->
         ctx.thresholds.add(spec.ttl)
     # Every evaluated person has some event: the any-event signal is what makes them a row.
     ctx.last()
-    return CompiledRule(spec.id, expression, frozenset(ctx.thresholds), frozenset(ctx.signals))
+    return CompiledRule(
+        spec.id,
+        expression,
+        frozenset(ctx.thresholds),
+        frozenset(ctx.signals),
+        tuple(ctx.needs.items()),
+    )
 
 
 def trigger_types(

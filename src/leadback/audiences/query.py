@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from leadback.audiences.compiler import NEVER, NOW, CompiledRule, compile_rule
+from leadback.audiences.compiler import NEVER, NOW, CompiledRule, Need, compile_rule
 from leadback.audiences.predicates import literal
 from leadback.audiences.rules import AudienceSpec
 from leadback.audiences.signals import ELIGIBLE, Signal, any_event, by_id, entries_sql
@@ -64,7 +64,7 @@ def _columns(signals: Iterable[Signal], product: str | None = None) -> str:
     rows of ``product`` only, when given)."""
     only = f" AND product = {product}" if product is not None else ""
     cols = [
-        f"anyIf(ts, signal = {s.id}{only}) AS {s.column}"
+        f"anyIf(tt, signal = {s.id}{only}) AS {s.column}"
         if s.times
         else f"maxIf(last_t, signal = {s.id}{only}) AS {s.column}"
         for s in by_id(signals)
@@ -76,8 +76,45 @@ def _ids(signals: Iterable[Signal]) -> str:
     return "(" + ", ".join(str(s.id) for s in by_id(signals)) + ")"
 
 
-def _state(db: str, signals: frozenset[Signal], *, incremental: bool, source: Source) -> str:
-    """The ``st`` CTE: (person, signal, product, ts, last_t) for the site's candidates."""
+def _kept(needs: dict[Signal, Need]) -> str:
+    """Per ``st`` row, the times the rules read (``tt``): of ``s`` (the times up to now,
+    sorted), the suffix a signal's :class:`~leadback.audiences.compiler.Need` says; all of them
+    for a signal some use reads whole."""
+    branches = []
+    for signal in by_id(needs):
+        need = needs[signal]
+        if need.everything:
+            continue
+        window = f"arrayCount(x -> x > {NOW} - {need.window}, s)" if need.window else "0"
+        n = f"greatest({need.latest}, {window})" if need.latest else window
+        branches.append(
+            f"signal = {signal.id}, arraySlice(s, greatest(toInt64(length(s)) - {n} + 1, 1))"
+        )
+    if not branches:
+        return "s"
+    return f"multiIf({', '.join(branches)}, s)"
+
+
+def _state(
+    db: str,
+    signals: frozenset[Signal],
+    needs: dict[Signal, Need],
+    *,
+    incremental: bool,
+    source: Source,
+) -> str:
+    """The ``st`` CTE: (person, signal, product, ts, last_t, tt) for the site's candidates:
+    ``ts`` every time (for the due time), ``tt`` those up to now the rules read (sorted)."""
+    inner = _merged(db, signals, incremental=incremental, source=source)
+    return f"""st AS (
+    SELECT person, signal, product, ts, last_t,
+        arraySort(arrayFilter(x -> x <= {NOW}, ts)) AS s, {_kept(needs)} AS tt
+    FROM ({inner})
+)"""
+
+
+def _merged(db: str, signals: frozenset[Signal], *, incremental: bool, source: Source) -> str:
+    """(person, signal, product, ts, last_t) for the site's candidates."""
     ifilter = " AND visitor_id IN {vids:Array(String)}" if incremental else ""
     identities = f"""(
         SELECT visitor_id, argMax(person_id, version) AS person_id FROM {db}.identities
@@ -85,16 +122,15 @@ def _state(db: str, signals: frozenset[Signal], *, incremental: bool, source: So
     ) AS idm"""
     if source == "signals":
         sfilter = " AND s.visitor_id IN {vids:Array(String)}" if incremental else ""
-        return f"""st AS (
+        return f"""
     SELECT if(idm.person_id != '', idm.person_id, s.visitor_id) AS person, s.signal AS signal,
         s.product AS product, arrayMap(x -> x.1, groupUniqArrayMerge(s.times)) AS ts,
         max(s.last_t) AS last_t
     FROM {db}.person_signals AS s
     LEFT ANY JOIN {identities} ON s.visitor_id = idm.visitor_id
     WHERE s.site_id = {{site:String}}{sfilter} AND s.signal IN {_ids(signals)}
-    GROUP BY person, signal, product
-)"""
-    return f"""st AS (
+    GROUP BY person, signal, product"""
+    return f"""
     SELECT if(idm.person_id != '', idm.person_id, e.visitor_id) AS person, e.signal AS signal,
         e.product AS product, arrayMap(x -> x.1, groupUniqArrayIf((e.t, e.h), e.keep = 1)) AS ts,
         max(e.t) AS last_t
@@ -108,8 +144,7 @@ def _state(db: str, signals: frozenset[Signal], *, incremental: bool, source: So
         ) ARRAY JOIN entries AS entry
     ) AS e
     LEFT ANY JOIN {identities} ON e.visitor_id = idm.visitor_id
-    GROUP BY person, signal, product
-)"""
+    GROUP BY person, signal, product"""
 
 
 def build_evaluation(
@@ -173,7 +208,11 @@ def build_evaluation(
         )
     all_ids = [a.spec.id for a in evaluate]
     union = "\n    UNION ALL\n    ".join(fresh)
-    state = _state(db, signals, incremental=incremental, source=source)
+    needs: dict[Signal, Need] = {}
+    for rule in rules:
+        for signal, need in rule.needs:
+            needs[signal] = needs.get(signal, need).merge(need)
+    state = _state(db, signals, needs, incremental=incremental, source=source)
     if materialize:
         state = state.replace("st AS (", "st AS MATERIALIZED (", 1)
     members_sql = f"""WITH
