@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from leadback.audiences.predicates import literal, product_ids_sql
 
@@ -48,14 +49,15 @@ class Signal:
     product_key: str | None
     times: bool
 
-    @property
+    @cached_property
     def id(self) -> int:
-        """Stable id: the same test on the same site is the same signal in every process."""
+        """Stable id: the same test on the same site is the same signal in every process
+        (computed once: rounds ask for it per audience)."""
         text = f"{self.site}\x00{self.product_key or ''}\x00{int(self.times)}\x00{self.predicate}"
         value = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
         return value or 1
 
-    @property
+    @cached_property
     def column(self) -> str:
         """The column an evaluation statement exposes it as."""
         return f"s{self.id:x}"
