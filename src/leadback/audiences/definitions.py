@@ -10,7 +10,7 @@ from typing import Any
 
 from leadback.audiences.compiler import compile_rule, trigger_types
 from leadback.audiences.digest import BatchDigest
-from leadback.audiences.query import EvaluationQuery, build_evaluation
+from leadback.audiences.program import EvaluationProgram, build_program
 from leadback.audiences.repository import StoredAudience
 from leadback.audiences.rules import AudienceSpec, references
 from leadback.audiences.signals import Signal, by_id
@@ -22,12 +22,11 @@ class LoadedAudiences:
     def __init__(self, database: str) -> None:
         self._db = database
         self._by_site: dict[str, list[StoredAudience]] = {}
-        self._queries: dict[tuple[Any, ...], EvaluationQuery] = {}
+        self._programs: dict[tuple[Any, ...], EvaluationProgram] = {}
         self._triggers: dict[tuple[str, str, int], frozenset[str] | None] = {}
         self._wanted: frozenset[str] | None = None
         self._signals: dict[tuple[str, str, int], frozenset[Signal]] = {}
         self._complete: frozenset[int] = frozenset()
-        self.materialize = False  # the store reads a materialized CTE once (see query.py)
 
     def load(self, stored: Sequence[StoredAudience]) -> None:
         """Take the stored definitions (deleted ones are left out); drop the caches if any
@@ -38,7 +37,7 @@ class LoadedAudiences:
                 active.setdefault(a.spec.site, []).append(a)
         if active != self._by_site:
             self._by_site = active
-            self._queries.clear()
+            self._programs.clear()
             self._triggers.clear()
             self._signals.clear()
             self._wanted = None
@@ -98,21 +97,15 @@ class LoadedAudiences:
                     grew = True
         return [a for a in live if a.spec.id in changed]
 
-    def query(self, site: str, evaluate: Sequence[StoredAudience]) -> EvaluationQuery:
-        """The statement evaluating ``evaluate`` for a set of persons (compiled once per
+    def program(self, site: str, evaluate: Sequence[StoredAudience]) -> EvaluationProgram:
+        """What evaluating ``evaluate`` for a set of persons runs (compiled once per
         definition set)."""
         key = (site, tuple((a.spec.id, a.version) for a in evaluate))
-        query = self._queries.get(key)
-        if query is None:
-            query = build_evaluation(
-                self._db,
-                [a.versioned for a in evaluate],
-                self.specs(site),
-                incremental=True,
-                materialize=self.materialize,
-            )
-            self._queries[key] = query
-        return query
+        program = self._programs.get(key)
+        if program is None:
+            program = build_program(self._db, [a.versioned for a in evaluate], self.specs(site))
+            self._programs[key] = program
+        return program
 
     def triggered(self, audience: StoredAudience, digest: BatchDigest) -> bool:
         """Whether a round with this digest can change ``audience`` (else only time can)."""

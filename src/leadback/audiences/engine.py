@@ -38,7 +38,7 @@ from leadback.audiences.refresh import Refresher
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec
 from leadback.clock import Clock, SystemClock
-from leadback.errors import LeadbackError, StoreRejectedError, StoreUnavailableError
+from leadback.errors import LeadbackError
 from leadback.identity.contact_book import ContactBook
 from leadback.identity.graph import IdentityGraph
 from leadback.identity.updates import IdentityUpdater
@@ -53,21 +53,6 @@ _CHUNK = 2_000  # persons per statement (and per hold of the lock) in timer pass
 _SWEEP_EVERY_S = 30.0
 _RELOAD_EVERY_S = 5.0  # definitions written by another process; in-process writes set `changed`
 _DUE_LOOKBACK_MS = 2 * 86_400_000
-
-
-async def _materialized_cte(store: ClickHouseStore) -> bool:
-    """Whether the store computes a materialized CTE once (ClickHouse 25.10+; chDB has it)."""
-    try:
-        await store.query(
-            "WITH x AS MATERIALIZED (SELECT 1 AS a) SELECT a FROM x "
-            "SETTINGS enable_materialized_cte = 1"
-        )
-    except (StoreRejectedError, StoreUnavailableError) as exc:
-        log.info(
-            "no materialized CTEs: each level of an evaluation reads the state", error=str(exc)
-        )
-        return False
-    return True
 
 
 class AudienceEngine:
@@ -126,7 +111,6 @@ class AudienceEngine:
         """Settle what a crash left in the outbox, load definitions, start bringing new and
         changed ones live (in the background: :meth:`refreshed` waits for it)."""
         await self._backfill_store.connect()
-        self._definitions.materialize = await _materialized_cte(self._store)
         async with self._lock:
             await self._sweep()
             await self._reconcile()

@@ -1,9 +1,9 @@
-"""Evaluation: who qualifies now (one ClickHouse statement per site), diffed against the stored
-memberships, becomes membership rows, changes and due times handed to the outbox.
+"""Evaluation: who qualifies now, diffed against the stored memberships, becomes membership
+rows, changes and due times handed to the outbox.
 
-No event is read into Python: the statement returns one row per qualifying (audience, person)
-with its products, and one per person with the next moment its audiences could change with no
-new event (``audience_due``, read by the timer pass).
+One fixed statement per site reads the persons' signal state (:mod:`~.state_read`); the rules
+run on it as compiled functions (:mod:`~.program`). It also gives each person the next moment
+their audiences could change with no new event (``audience_due``, read by the timer pass).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from leadback.audiences.definitions import LoadedAudiences
-from leadback.audiences.diff import Key, Stored, transitions
+from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.repository import StoredAudience
+from leadback.audiences.state_read import group_states
 from leadback.clock import Clock
 from leadback.identity.graph import IdentityGraph
 from leadback.store.client import ClickHouseStore
@@ -95,24 +96,22 @@ class Evaluator:
         started = self._clock.monotonic()
         members = await self._identity.visitors_of(site, persons)
         visitors = set().union(*members.values())
-        query = self._definitions.query(site, evaluate)
+        program = self._definitions.program(site, evaluate)
         now = self.now_ms()
         params: dict[str, Any] = {
+            **program.params,
             "site": site,
             "now": now,
             "vids": sorted(visitors),
             "persons": sorted(persons),
         }
-        qualifying: dict[Key, tuple[str, ...]] = {}
-        dues = outcome.dues
-        for audience_id, person, products, due in await self._store.query(query.members, params):
-            if audience_id:
-                qualifying[(audience_id, person)] = tuple(products)
-            elif due:
-                dues.append(orjson.dumps({"site_id": site, "due_at": due, "person_id": person}))
+        states = group_states(await self._store.query(program.state, params))
+        qualifying = program.members(states, now)
+        for person, due in program.dues(states).items():
+            outcome.dues.append(orjson.dumps({"site_id": site, "due_at": due, "person_id": person}))
         stored = {
             (str(a), str(p)): Stored(str(st), int(v), int(e), tuple(pr))
-            for a, p, st, v, e, pr in await self._store.query(query.previous, params)
+            for a, p, st, v, e, pr in await self._store.query(program.previous, params)
         }
         ttl = {a.spec.id: a.spec.ttl or 0 for a in evaluate}
         versions = {a.spec.id: a.version for a in evaluate}
@@ -134,7 +133,7 @@ class Evaluator:
                 )
             if tr.change == "enter" and ttl[tr.audience_id]:
                 due_at = tr.entered_at + ttl[tr.audience_id]
-                dues.append(
+                outcome.dues.append(
                     orjson.dumps({"site_id": site, "due_at": due_at, "person_id": tr.person})
                 )
         self._stats.evaluations += 1

@@ -1,11 +1,13 @@
-"""The evaluation statements for one site: who qualifies now, and the stored memberships.
+"""The evaluation as one SQL statement for one site: who qualifies now, and the stored
+memberships. The engine runs :mod:`~.program` (same answers, planning cost independent of the
+audiences); this statement is what ``explain`` shows and what the tests check both against.
 
 See :mod:`leadback.audiences.compiler` for the rules' expressions. The statement reads ``st``:
 per person (visitors merged through ``identities``), signal and product, the times of the
 matching events and the latest one. It is read from ``person_signals`` (``source="signals"``,
-what the engine runs: a person's state is a few rows whatever their history) or computed from
-``events`` with the very expression the feed uses (``source="events"``: ``explain``, and the
-tests that prove both give the same members). Then:
+what ``explain`` shows: a person's state is a few rows whatever their history) or computed from
+``events`` with the very expression the feed uses (``source="events"``: the tests that prove
+both give the same members). Then:
 
 * person-level audiences: one ``GROUP BY person`` whose columns are the signals and whose
   result is an array of the compiled rules, turned into (audience, person) rows by ``ARRAY JOIN``;
@@ -164,8 +166,6 @@ def build_evaluation(
     signals: frozenset[Signal] = frozenset().union(*(r.signals for r in rules))
     person_level = [(a, r) for a, r in zip(evaluate, rules, strict=True) if a.spec.products is None]
     product_level = [(a, r) for a, r in zip(evaluate, rules, strict=True) if a.spec.products]
-    pfilter = " AND person_id IN {persons:Array(String)}" if incremental else ""
-
     # One pass over ``st`` per level: the persons (with the due time), and the products.
     fresh: list[str] = []
     if person_level or thresholds:
@@ -223,10 +223,17 @@ SELECT audience_id, person, products, if(due >= {NEVER}, 0, due) AS due FROM (
 WHERE member = 1 OR (audience_id = '' AND due != 0)"""
     if materialize:
         members_sql += "\nSETTINGS enable_materialized_cte = 1"
-    previous_sql = f"""SELECT audience_id, person_id, state, version, entered_at, products
+    previous = previous_sql(db, all_ids, incremental=incremental)
+    return EvaluationQuery(members_sql, previous, tuple(rules), thresholds, signals)
+
+
+def previous_sql(db: str, audience_ids: Sequence[str], *, incremental: bool) -> str:
+    """The stored memberships of ``audience_ids`` (of the ``persons`` when ``incremental``):
+    (audience_id, person_id, state, version, entered_at, products)."""
+    pfilter = " AND person_id IN {persons:Array(String)}" if incremental else ""
+    return f"""SELECT audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
-WHERE site_id = {{site:String}} AND audience_id IN {_array(all_ids)}{pfilter}"""
-    return EvaluationQuery(members_sql, previous_sql, tuple(rules), thresholds, signals)
+WHERE site_id = {{site:String}} AND audience_id IN {_array(audience_ids)}{pfilter}"""
 
 
 def _anchor(spec: AudienceSpec) -> Signal:

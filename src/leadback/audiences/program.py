@@ -1,0 +1,98 @@
+"""An evaluation program: what evaluating a set of audiences of one site runs, compiled once per
+definition set — the fixed state statement with its parameters (:mod:`~.state_read`), a rule
+function per audience (:mod:`~.rule_functions`) and the stored-memberships statement.
+
+:meth:`EvaluationProgram.members` gives the same answers as the SQL statement of
+:func:`leadback.audiences.query.build_evaluation`: the qualifying (audience, person) pairs
+with their products, and each person's next due time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from leadback.audiences.compiler import NEVER, Need, compile_rule
+from leadback.audiences.query import VersionedAudience, previous_sql
+from leadback.audiences.rule_functions import Test, rule_function
+from leadback.audiences.rules import AudienceSpec
+from leadback.audiences.signals import Signal, any_event
+from leadback.audiences.state_read import PersonStates, state_params, state_sql
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class EvaluationProgram:
+    """``state``: the statement reading the persons' signal state (with ``params`` for the
+    audiences); ``previous``: their stored memberships; a test per audience."""
+
+    state: str
+    params: dict[str, Any]
+    previous: str
+    person_tests: tuple[tuple[str, Test], ...]
+    #: (audience id, the any-event signal of its product key, test)
+    product_tests: tuple[tuple[str, int, Test], ...]
+    thresholds: frozenset[int]
+    signals: frozenset[Signal]
+
+    def members(self, states: PersonStates, now: int) -> dict[Key, tuple[str, ...]]:
+        """The qualifying (audience, person) pairs with their products (empty for
+        person-level audiences)."""
+        found: dict[Key, tuple[str, ...]] = {}
+        if self.person_tests:
+            for person, state in states.persons.items():
+                for audience_id, test in self.person_tests:
+                    if test(state, now):
+                        found[(audience_id, person)] = ()
+        if self.product_tests:
+            chosen: dict[Key, list[str]] = {}
+            for (person, product), state in states.products.items():
+                for audience_id, anchor, test in self.product_tests:
+                    if anchor in state.last and test(state, now):
+                        chosen.setdefault((audience_id, person), []).append(product)
+            for key, products in chosen.items():
+                found[key] = tuple(sorted(products))
+        return found
+
+    def dues(self, states: PersonStates) -> dict[str, int]:
+        """Each person's next due time (persons with none left out)."""
+        if not self.thresholds:
+            return {}
+        return {p: d for p, d in states.due.items() if d < NEVER}
+
+
+def build_program(
+    db: str,
+    evaluate: Sequence[VersionedAudience],
+    site_audiences: dict[str, AudienceSpec],
+    *,
+    incremental: bool = True,
+) -> EvaluationProgram:
+    """The program evaluating ``evaluate`` (audiences of one site)."""
+    rules = [compile_rule(a.spec, site_audiences) for a in evaluate]
+    thresholds: frozenset[int] = frozenset().union(*(r.thresholds for r in rules))
+    signals: frozenset[Signal] = frozenset().union(*(r.signals for r in rules))
+    needs: dict[Signal, Need] = {}
+    for rule in rules:
+        for signal, need in rule.needs:
+            needs[signal] = needs.get(signal, need).merge(need)
+    person_tests: list[tuple[str, Test]] = []
+    product_tests: list[tuple[str, int, Test]] = []
+    for a in evaluate:
+        test = rule_function(a.spec, site_audiences)
+        if a.spec.products is None:
+            person_tests.append((a.spec.id, test))
+        else:
+            anchor = any_event(a.spec.site, a.spec.products.property).id
+            product_tests.append((a.spec.id, anchor, test))
+    return EvaluationProgram(
+        state=state_sql(db),
+        params=state_params(signals, needs, thresholds),
+        previous=previous_sql(db, [a.spec.id for a in evaluate], incremental=incremental),
+        person_tests=tuple(person_tests),
+        product_tests=tuple(product_tests),
+        thresholds=thresholds,
+        signals=signals,
+    )
