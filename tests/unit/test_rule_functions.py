@@ -70,3 +70,25 @@ def test_rule_functions_answer_like_the_definitions(
     evs: list[Event] = [(t * 1000, etype, props) for t, etype, props in history]
     test = rule_function(spec, {})
     assert test(_state(spec, evs, now * 1000), now * 1000) == holds(spec.rule, evs, now * 1000)
+
+
+def test_then_not_within_counts_a_did_exactly_span_ago() -> None:
+    """A cart exactly 6 s old with no purchase after it has waited the whole span: member."""
+    spec = parse_audience(
+        {
+            "id": "a",
+            "site": "s",
+            "rule": {
+                "then_not": {
+                    "did": {"event": "add_to_cart"},
+                    "then": {"event": "purchase"},
+                    "within": "6s",
+                }
+            },
+        }
+    )
+    evs: list[Event] = [(10_000, "add_to_cart", {})]
+    state = _state(spec, evs, 16_000)
+    assert holds(spec.rule, evs, 16_000)
+    assert rule_function(spec, {})(state, 16_000)
+    assert not rule_function(spec, {})(state, 15_999)
