@@ -396,3 +396,35 @@ async def test_timer_pass_is_cheap_when_nothing_is_due(h: Harness) -> None:
     await h.later(H)  # idle for an hour: now uma is due, and the pass evaluates
     assert h.engine.stats.evaluations > before
     assert h.changes("cart_abandoners") == [("uma", "enter", 1)]
+
+
+async def test_one_round_evaluates_every_site_apart(h: Harness) -> None:
+    """A batch of two sites is read in one statement, and nothing crosses between them: the same
+    visitor id on both, a sign-in on one."""
+    await h.apply(
+        """
+audiences:
+  - id: purchasers_30d
+    site: blog
+    rule: {did: {event: purchase, within: 30d}}
+  - id: readers
+    site: blog
+    rule: {did: {event: page_view}}
+"""
+    )
+    t = h.now
+    await h.send(
+        event("shop", "laptop", "identify", t - 4, user_id="42"),
+        event("shop", "laptop", "purchase", t - 3, user_id="42"),
+        event("blog", "laptop", "page_view", t - 2),
+        event("blog", "other", "purchase", t - 1),
+    )
+    rows = await h.store.query(
+        f"SELECT site_id, audience_id, person_id FROM {h.store.database}.memberships FINAL "
+        "WHERE state = 'in' AND audience_id IN ('purchasers_30d', 'readers')"
+    )
+    assert sorted(tuple(map(str, r)) for r in rows) == [
+        ("blog", "purchasers_30d", "other"),
+        ("blog", "readers", "laptop"),
+        ("shop", "purchasers_30d", "u:42"),
+    ]

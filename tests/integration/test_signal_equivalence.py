@@ -27,7 +27,7 @@ from leadback.audiences.rules import (
     parse_audience,
 )
 from leadback.audiences.signals import Signal
-from leadback.audiences.state_read import group_states
+from leadback.audiences.state_read import PersonStates, group_states, site_params
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 from tests.audience_reference import greedy, reference, rule_conditions, types
@@ -125,8 +125,12 @@ async def _program_answer(
     store: ClickHouseStore, program: EvaluationProgram, site: str, now: float
 ) -> tuple[set[tuple[str, str, tuple[str, ...]]], set[tuple[str, int]]]:
     at = int(now * 1000)
-    params = {**program.params, "site": site, "now": at, "vids": ["v1", "v2", "v3"]}
-    states = group_states(await store.query(program.state, params))
+    params = {
+        **site_params({site: program.params}),
+        "now": at,
+        "persons": [(site, v) for v in ("v1", "v2", "v3")],
+    }
+    states = group_states(await store.query(program.state, params)).get(site, PersonStates())
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())
 
@@ -159,3 +163,68 @@ async def test_sequences_match_the_greedy_definition(
     )
     ms = [[t * 1000 for t in ts] for ts in steps]
     assert bool(rows[0][0]) == greedy(ms, None if within is None else within * 1000, now * 1000)
+
+
+async def test_the_feed_of_many_sites_writes_what_each_signal_alone_would(
+    db: ClickHouseStore,
+) -> None:
+    """Sites sharing predicates (each written once in the feed), two product keys, a predicate
+    kept as times on one site and as latest time on another: what the feed stores per visitor is
+    what a statement per signal, with nothing shared, computes from the events."""
+    sites = ["fa", "fb", "fc"]
+    matches = [
+        EventMatch(event=["add_to_cart"]),
+        EventMatch(event=["purchase"]),
+        EventMatch.model_validate(
+            {
+                "event": "product_view",
+                "where": [{"property": "category", "op": "eq", "value": "shoes"}],
+            }
+        ),
+    ]
+    signals: list[Signal] = []
+    for n, site in enumerate(sites):
+        for i, m in enumerate(matches[: n + 1]):
+            signals.append(Signal(site, match_sql(m), None, times=(i + n) % 2 == 0))
+        signals.append(Signal(site, match_sql(matches[0]), "product_id", times=True))
+        signals.append(Signal(site, "1", "sku" if n else "product_id", times=False))
+    await SignalBackfill(db).install_feed(signals)
+    history = []
+    for k in range(60):
+        site = sites[k % 3]
+        etype = ["add_to_cart", "purchase", "product_view", "page_view"][k % 4]
+        props = {
+            "product_id": f"p{k % 5}",
+            "sku": f"s{k % 2}",
+            "category": ["shoes", "bags"][k % 2],
+        }
+        history.append(event(site, f"v{k % 7}", etype, T0 + k * 60, properties=props))
+    _, values = encoded(history)
+    await db.insert_json_rows("events", b"\n".join(values), dedup_token="many-sites")
+    stored = await db.query(
+        f"SELECT site_id, visitor_id, signal, product, arraySort(arrayDistinct("
+        f"groupArrayArray(times))), max(last_t) FROM {db.database}.person_signals "
+        "GROUP BY site_id, visitor_id, signal, product ORDER BY ALL"
+    )
+    expected = []
+    for s in signals:
+        ids = "if(empty(_p), [''], _p)" if s.product_key is None else "_p"
+        product = (
+            "emptyArrayString()"
+            if s.product_key is None
+            else f"arrayDistinct(arrayFilter(p -> p != '', arrayConcat("
+            f"[JSONExtractString(properties, '{s.product_key}')], "
+            f"arrayMap(i -> JSONExtractString(i, '{s.product_key}'), "
+            f"JSONExtractArrayRaw(properties, 'items')))))"
+        )
+        keep = "1" if s.times else "0"
+        expected += await db.query(
+            f"SELECT site_id, visitor_id, toUInt64({s.id}) AS signal, product, "
+            f"arraySort(groupUniqArrayIf((toUnixTimestamp64Milli(occurred_at), "
+            f"cityHash64(event_id)), {keep} = 1)), max(toUnixTimestamp64Milli(occurred_at)) "
+            f"FROM (SELECT *, {product} AS _p FROM {db.database}.events "
+            f"WHERE site_id = '{s.site}' AND {s.predicate}) ARRAY JOIN {ids} AS product "
+            "GROUP BY site_id, visitor_id, product"
+        )
+    assert len(stored) > 60
+    assert [tuple(r) for r in stored] == sorted(tuple(r) for r in expected)

@@ -79,6 +79,12 @@ class SignalBackfill:
         )
         return {int(r[0]) for r in rows}
 
+    async def ensure_feed(self, signals: Sequence[Signal]) -> None:
+        """Create the feed of ``signals`` if it is missing (a migration that rebuilt
+        ``person_signals`` dropped it); other feeds are left to :meth:`install_feed`."""
+        if signals:
+            await self._store.command(feed_sql(self._db, signals))
+
     async def install_feed(self, signals: Sequence[Signal]) -> FeedChange:
         """Make the feed match ``signals``; returns the signals that were not fed before."""
         name = feed_name(signals)

@@ -31,7 +31,7 @@ from leadback.audiences.compiler import compile_rule
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.digest import BatchDigest, digest, merge
 from leadback.audiences.erasure import Eraser, Erasure
-from leadback.audiences.evaluation import Evaluator, Outcome
+from leadback.audiences.evaluation import Evaluator
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import VersionedAudience, build_evaluation
 from leadback.audiences.refresh import Refresher
@@ -80,7 +80,6 @@ class AudienceEngine:
         self._evaluator = Evaluator(
             store,
             self._definitions,
-            self.identity,
             self._outbox,
             clock=self._clock,
             stats=self.stats,
@@ -114,6 +113,8 @@ class AudienceEngine:
         async with self._lock:
             await self._sweep()
             await self._reconcile()
+            # Before any round inserts: the feed exists even when no definition changed.
+            await self.backfill.ensure_feed(self._definitions.all_signals())
 
     async def close(self) -> None:
         """Stop a refresh in progress (it resumes at the next start) and close the backfill's
@@ -228,7 +229,8 @@ class AudienceEngine:
         events = [orjson.loads(line) for line in round_digest.identity]
         async with self._lock:
             await self._settle_doubt()
-            outcome = Outcome()
+            requests: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
+            lost_of: dict[str, set[str]] = {}
             for site in sorted({*by_site, *(str(e.get("site_id")) for e in events)}):
                 site_token = f"{token}|{site}"
                 site_events = [e for e in events if e.get("site_id") == site]
@@ -241,14 +243,20 @@ class AudienceEngine:
                     audiences = [
                         a for a in audiences if self._definitions.triggered(a, round_digest)
                     ]
-                if not audiences:
-                    continue
-                visitors = by_site.get(site, set()) | changes.moved
-                persons = set((await self.identity.persons_of(site, visitors)).values())
-                found = await self._evaluator.assess(
-                    site, persons | changes.lost, token=token, audiences=audiences
-                )
-                outcome.extend(found)
+                if audiences:
+                    requests[site] = (by_site.get(site, set()) | changes.moved, audiences)
+                    lost_of[site] = changes.lost
+            # Every site's persons in one statement, their evaluation in two more.
+            persons = await self.identity.persons_of_sites(
+                {site: visitors for site, (visitors, _) in requests.items()}
+            )
+            outcome = await self._evaluator.assess_sites(
+                {
+                    site: (set(persons[site].values()) | lost_of.get(site, set()), audiences)
+                    for site, (_, audiences) in requests.items()
+                },
+                token=token,
+            )
             await self._evaluator.commit(outcome, token=token)
 
     # -- definitions ----------------------------------------------------------------------

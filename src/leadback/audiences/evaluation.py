@@ -1,14 +1,15 @@
 """Evaluation: who qualifies now, diffed against the stored memberships, becomes membership
 rows, changes and due times handed to the outbox.
 
-One fixed statement per site reads the persons' signal state (:mod:`~.state_read`); the rules
-run on it as compiled functions (:mod:`~.program`). It also gives each person the next moment
+One fixed statement reads the persons' signal state, of every site a round touched
+(:mod:`~.state_read`), another their stored memberships; the rules run on the state as compiled
+functions (:mod:`~.program`). It also gives each person the next moment
 their audiences could change with no new event (``audience_due``, read by the timer pass).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,10 @@ import orjson
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
+from leadback.audiences.query import memberships_sql
 from leadback.audiences.repository import StoredAudience
-from leadback.audiences.state_read import group_states
+from leadback.audiences.state_read import PersonStates, group_states, site_params
 from leadback.clock import Clock
-from leadback.identity.graph import IdentityGraph
 from leadback.store.client import ClickHouseStore
 
 
@@ -45,7 +46,6 @@ class Evaluator:
         self,
         store: ClickHouseStore,
         definitions: LoadedAudiences,
-        identity: IdentityGraph,
         outbox: ChangeOutbox,
         *,
         clock: Clock,
@@ -54,7 +54,6 @@ class Evaluator:
         self._store = store
         self._db = store.database
         self._definitions = definitions
-        self._identity = identity
         self._outbox = outbox
         self._clock = clock
         self._stats = stats
@@ -88,31 +87,84 @@ class Evaluator:
         exit_reason: str = "no_longer_qualifies",
     ) -> Outcome:
         """The transitions of ``persons`` in ``audiences`` (default: the live ones of
-        ``site``), not written yet: a round gathers every site's, then commits them once."""
-        evaluate = self._definitions.live(site) if audiences is None else audiences
+        ``site``), not written yet (see :meth:`assess_sites`)."""
+        return await self.assess_sites(
+            {site: (persons, audiences)}, token=token, exit_reason=exit_reason
+        )
+
+    async def assess_sites(
+        self,
+        requests: Mapping[str, tuple[set[str], Sequence[StoredAudience] | None]],
+        *,
+        token: str,
+        exit_reason: str = "no_longer_qualifies",
+    ) -> Outcome:
+        """The transitions of the persons of several sites (site -> (persons, audiences;
+        None: the live ones)), not written yet: a round gathers every site's and commits them
+        once. Two statements whatever the number of sites: their state, their memberships."""
+        work: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
+        for site, (persons, audiences) in requests.items():
+            evaluate = self._definitions.live(site) if audiences is None else audiences
+            if persons and evaluate:
+                work[site] = (persons, evaluate)
         outcome = Outcome()
-        if not persons or not evaluate:
+        if not work:
             return outcome
         started = self._clock.monotonic()
-        members = await self._identity.visitors_of(site, persons)
-        visitors = set().union(*members.values())
-        program = self._definitions.program(site, evaluate)
+        programs = {site: self._definitions.program(site, ev) for site, (_, ev) in work.items()}
         now = self.now_ms()
+        pairs = [(site, p) for site, (persons, _) in sorted(work.items()) for p in sorted(persons)]
         params: dict[str, Any] = {
-            **program.params,
-            "site": site,
+            **site_params({site: program.params for site, program in programs.items()}),
             "now": now,
-            "vids": sorted(visitors),
-            "persons": sorted(persons),
+            "persons": pairs,
         }
-        states = group_states(await self._store.query(program.state, params))
-        qualifying = program.members(states, now)
-        for person, due in program.dues(states).items():
-            outcome.dues.append(orjson.dumps({"site_id": site, "due_at": due, "person_id": person}))
-        stored = {
-            (str(a), str(p)): Stored(str(st), int(v), int(e), tuple(pr))
-            for a, p, st, v, e, pr in await self._store.query(program.previous, params)
-        }
+        states = group_states(await self._store.query(programs[pairs[0][0]].state, params))
+        audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
+        stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
+        for site, a, p, st, v, e, pr in await self._store.query(
+            memberships_sql(self._db),
+            {
+                "person_ids": sorted({p for _, p in pairs}),
+                "audiences": audience_pairs,
+                "persons": pairs,
+            },
+        ):
+            stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
+        for site, (persons, evaluate) in sorted(work.items()):
+            site_states = states.get(site, PersonStates())
+            program = programs[site]
+            self._outcome(
+                site,
+                evaluate,
+                program.members(site_states, now),
+                stored[site],
+                program.dues(site_states),
+                now=now,
+                token=token,
+                exit_reason=exit_reason,
+                into=outcome,
+            )
+            self._stats.evaluations += 1
+            self._stats.persons_evaluated += len(persons)
+        self._stats.last_evaluation_seconds = self._clock.monotonic() - started
+        return outcome
+
+    def _outcome(
+        self,
+        site: str,
+        evaluate: Sequence[StoredAudience],
+        qualifying: Mapping[tuple[str, str], tuple[str, ...]],
+        stored: Mapping[tuple[str, str], Stored],
+        dues: Mapping[str, int],
+        *,
+        now: int,
+        token: str,
+        exit_reason: str,
+        into: Outcome,
+    ) -> None:
+        for person, due in dues.items():
+            into.dues.append(orjson.dumps({"site_id": site, "due_at": due, "person_id": person}))
         ttl = {a.spec.id: a.spec.ttl or 0 for a in evaluate}
         versions = {a.spec.id: a.version for a in evaluate}
         found = transitions(qualifying, stored, ttl_ms=ttl, now=now, exit_reason=exit_reason)
@@ -126,20 +178,16 @@ class Evaluator:
                 "entered_at": tr.entered_at,
                 "audience_version": versions[tr.audience_id],
             }
-            outcome.memberships.append(orjson.dumps({**row, "state": tr.state, "changed_at": now}))
+            into.memberships.append(orjson.dumps({**row, "state": tr.state, "changed_at": now}))
             if tr.change:
-                outcome.changes.append(
+                into.changes.append(
                     {**row, "change": tr.change, "reason": tr.reason, "at": now, "token": token}
                 )
             if tr.change == "enter" and ttl[tr.audience_id]:
                 due_at = tr.entered_at + ttl[tr.audience_id]
-                outcome.dues.append(
+                into.dues.append(
                     orjson.dumps({"site_id": site, "due_at": due_at, "person_id": tr.person})
                 )
-        self._stats.evaluations += 1
-        self._stats.persons_evaluated += len(persons)
-        self._stats.last_evaluation_seconds = self._clock.monotonic() - started
-        return outcome
 
     async def commit(self, outcome: Outcome, *, token: str) -> int:
         """Write what :meth:`assess` found (every site of a round at once: a few inserts per

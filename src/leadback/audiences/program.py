@@ -1,6 +1,6 @@
 """An evaluation program: what evaluating a set of audiences of one site runs, compiled once per
-definition set — the fixed state statement with its parameters (:mod:`~.state_read`), a rule
-function per audience (:mod:`~.rule_functions`) and the stored-memberships statement.
+definition set — the fixed state statement with its parameters (:mod:`~.state_read`) and a
+rule function per audience (:mod:`~.rule_functions`).
 
 :meth:`EvaluationProgram.members` gives the same answers as the SQL statement of
 :func:`leadback.audiences.query.build_evaluation`: the qualifying (audience, person) pairs
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leadback.audiences.compiler import NEVER, Need, compile_rule
-from leadback.audiences.query import VersionedAudience, previous_sql
+from leadback.audiences.query import VersionedAudience
 from leadback.audiences.rule_functions import Test, rule_function
 from leadback.audiences.rules import AudienceSpec
 from leadback.audiences.signals import Signal, any_event
@@ -26,11 +26,10 @@ Key = tuple[str, str]
 @dataclass(frozen=True)
 class EvaluationProgram:
     """``state``: the statement reading the persons' signal state (with ``params`` for the
-    audiences); ``previous``: their stored memberships; a test per audience."""
+    audiences); a test per audience."""
 
     state: str
     params: dict[str, Any]
-    previous: str
     person_tests: tuple[tuple[str, Test], ...]
     #: (audience id, the any-event signal of its product key, test)
     product_tests: tuple[tuple[str, int, Test], ...]
@@ -67,8 +66,6 @@ def build_program(
     db: str,
     evaluate: Sequence[VersionedAudience],
     site_audiences: dict[str, AudienceSpec],
-    *,
-    incremental: bool = True,
 ) -> EvaluationProgram:
     """The program evaluating ``evaluate`` (audiences of one site)."""
     rules = [compile_rule(a.spec, site_audiences) for a in evaluate]
@@ -90,7 +87,6 @@ def build_program(
     return EvaluationProgram(
         state=state_sql(db),
         params=state_params(signals, needs, thresholds),
-        previous=previous_sql(db, [a.spec.id for a in evaluate], incremental=incremental),
         person_tests=tuple(person_tests),
         product_tests=tuple(product_tests),
         thresholds=thresholds,

@@ -126,7 +126,7 @@ def _merged(db: str, signals: frozenset[Signal], *, incremental: bool, source: S
         sfilter = " AND s.visitor_id IN {vids:Array(String)}" if incremental else ""
         return f"""
     SELECT if(idm.person_id != '', idm.person_id, s.visitor_id) AS person, s.signal AS signal,
-        s.product AS product, arrayMap(x -> x.1, groupUniqArrayMerge(s.times)) AS ts,
+        s.product AS product, arrayMap(x -> x.1, arrayDistinct(groupArrayArray(s.times))) AS ts,
         max(s.last_t) AS last_t
     FROM {db}.person_signals AS s
     LEFT ANY JOIN {identities} ON s.visitor_id = idm.visitor_id
@@ -139,8 +139,8 @@ def _merged(db: str, signals: frozenset[Signal], *, incremental: bool, source: S
     FROM (
         SELECT visitor_id, t, h, entry.1 AS signal, entry.2 AS product, entry.3 AS keep
         FROM (
-            SELECT visitor_id, toUnixTimestamp64Milli(occurred_at) AS t,
-                cityHash64(event_id) AS h, {entries_sql(signals)} AS entries
+            SELECT site_id, visitor_id, toUnixTimestamp64Milli(occurred_at) AS t,
+                cityHash64(event_id) AS h, {entries_sql(signals)}
             FROM {db}.events
             WHERE site_id = {{site:String}}{ifilter} AND {ELIGIBLE}
         ) ARRAY JOIN entries AS entry
@@ -234,6 +234,18 @@ def previous_sql(db: str, audience_ids: Sequence[str], *, incremental: bool) -> 
     return f"""SELECT audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(audience_ids)}{pfilter}"""
+
+
+def memberships_sql(db: str) -> str:
+    """The stored memberships of ``persons`` ((site, person) pairs) in ``audiences`` ((site,
+    audience) pairs), of any number of sites (``person_ids``: the persons unpaired, for the
+    primary key's last column): (site_id, audience_id, person_id, state, version, entered_at,
+    products)."""
+    return f"""SELECT site_id, audience_id, person_id, state, version, entered_at, products
+FROM {db}.memberships FINAL
+WHERE (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}
+    AND person_id IN {{person_ids:Array(String)}}
+    AND (site_id, person_id) IN {{persons:Array(Tuple(String, String))}}"""
 
 
 def _anchor(spec: AudienceSpec) -> Signal:

@@ -3,8 +3,9 @@
 A *signal* is one event predicate of one site (an audience rule's ``did``/``then`` step, or "any
 event" for ``idle``/``seen_within``), optionally per product. For every visitor (and product) the
 ``person_signals`` table keeps the times of the events that matched it — as a set of
-``(occurred_at ms, event hash)`` pairs, so a retried or re-imported event counts once — and the
-time of the latest. A rule is then a few array functions over those times
+``(occurred_at ms, event hash)`` pairs, so a retried or re-imported event counts once (a plain
+array merged by ``groupUniqArrayArray``; a read takes ``arrayDistinct`` of the rows not merged
+yet) — and the time of the latest. A rule is then a few array functions over those times
 (:mod:`leadback.audiences.compiler`), and evaluating a person reads a handful of compact rows
 instead of the person's whole event history.
 
@@ -22,7 +23,7 @@ the same thing share it and a definition that changes only its windows needs no 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -33,6 +34,8 @@ ELIGIBLE = "NOT bot AND NOT startsWith(visitor_id, 'e:') AND source != 'signal'"
 #: The per-event value the feed produces: (signal, product, keep times).
 ENTRY_TYPE = "Array(Tuple(UInt64, String, UInt8))"
 FEED_PREFIX = "person_signals_feed_"
+#: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007).
+FEED_LAYOUT = "arrays"
 
 
 @dataclass(frozen=True)
@@ -73,53 +76,66 @@ def any_event(site: str, product_key: str | None) -> Signal:
     return Signal(site, "1", product_key, times=False)
 
 
-def _entries(signals: Sequence[Signal], product_ids: dict[str, str]) -> str:
-    """The entries one event row makes for ``signals`` (all of one site)."""
-    parts: list[str] = []
-    person = [s for s in signals if s.product_key is None]
-    if person:
-        items = ", ".join(
-            f"(if({s.predicate}, toUInt64({s.id}), toUInt64(0)), '', toUInt8({int(s.times)}))"
-            for s in person
-        )
-        parts.append(f"arrayFilter(x -> x.1 != 0, [{items}])")
-    for s in signals:
-        if s.product_key is not None:
-            ids = product_ids[s.product_key]
-            parts.append(
-                f"arrayMap(p -> (toUInt64({s.id}), p, toUInt8({int(s.times)})), "
-                f"if({s.predicate}, {ids}, emptyArrayString()))"
-            )
-    if not parts:
-        return f"CAST([], '{ENTRY_TYPE}')"
-    return parts[0] if len(parts) == 1 else f"arrayConcat({', '.join(parts)})"
+def _array(items: Iterable[str]) -> str:
+    return "[" + ", ".join(items) + "]"
 
 
 def entries_sql(signals: Iterable[Signal]) -> str:
-    """SQL over one ``events`` row: the (signal, product, keep times) entries it makes, for
-    ``signals`` of any number of sites (each site's predicates only run on its rows)."""
-    by_site: dict[str, list[Signal]] = {}
-    for s in by_id(signals):
-        by_site.setdefault(s.site, []).append(s)
-    keys = {s.product_key for s in by_id(signals) if s.product_key is not None}
-    product_ids = {k: product_ids_sql(k) for k in keys}
-    if not by_site:
-        return f"CAST([], '{ENTRY_TYPE}')"
-    branches: list[str] = []
-    for site, site_signals in sorted(by_site.items()):
-        branches.append(f"site_id = {literal(site)}, {_entries(site_signals, product_ids)}")
-    return f"multiIf({', '.join(branches)}, CAST([], '{ENTRY_TYPE}'))"
+    """SQL select items over one ``events`` row (it needs ``site_id``), the last one
+    ``entries``: the (signal, product, keep times) entries the row makes for ``signals`` of any
+    number of sites.
+
+    Each distinct predicate is written once, whatever the number of sites and signals testing
+    it (``_m``: the row's results), and each site's signals are constant lists of (predicate,
+    signal) pairs picked by the row's site: ClickHouse analyses the feed's statement at every
+    insert, and that cost grows with the expression (about 1 ms per predicate), not with the
+    constants."""
+    chosen = by_id(signals)
+    if not chosen:
+        return f"CAST([], '{ENTRY_TYPE}') AS entries"
+    predicates = sorted({s.predicate for s in chosen})
+    index = {p: i + 1 for i, p in enumerate(predicates)}
+    keys = sorted({s.product_key for s in chosen if s.product_key is not None})
+    key_index = {k: i + 1 for i, k in enumerate(keys)}
+    sites = sorted({s.site for s in chosen})
+    person = _array(
+        _array(
+            f"({index[s.predicate]}, {s.id}, {int(s.times)})"
+            for s in chosen
+            if s.site == site and s.product_key is None
+        )
+        for site in sites
+    )
+    product = _array(
+        _array(
+            f"({index[s.predicate]}, {key_index[s.product_key]}, {s.id}, {int(s.times)})"
+            for s in chosen
+            if s.site == site and s.product_key is not None
+        )
+        for site in sites
+    )
+    ids = _array(product_ids_sql(k) for k in keys) if keys else "[emptyArrayString()]"
+    return f"""indexOf({_array(literal(site) for site in sites)}, site_id) AS _si,
+        {_array(f"toUInt8({p})" for p in predicates)} AS _m,
+        {ids} AS _ids,
+        arrayConcat(
+            arrayMap(x -> (x.2, '', toUInt8(x.3)), arrayFilter(x -> _m[x.1] = 1,
+                CAST({person}, 'Array(Array(Tuple(UInt32, UInt64, UInt8)))')[_si])),
+            arrayFlatten(arrayMap(x -> arrayMap(p -> (x.3, p, toUInt8(x.4)), _ids[x.2]),
+                arrayFilter(x -> _m[x.1] = 1, CAST({product},
+                    'Array(Array(Tuple(UInt32, UInt32, UInt64, UInt8)))')[_si])))
+        ) AS entries"""
 
 
 def state_select(db: str, signals: Iterable[Signal], where: str = "") -> str:
-    """``person_signals`` rows (as aggregate states) of the ``events`` rows matching ``where``:
+    """``person_signals`` rows of the ``events`` rows matching ``where``:
     the feed's statement, and the backfill's for one range."""
     condition = ELIGIBLE + (f" AND {where}" if where else "")
     return f"""SELECT site_id, visitor_id, entry.1 AS signal, entry.2 AS product,
-    groupUniqArrayStateIf((t, h), entry.3 = 1) AS times, max(t) AS last_t
+    groupUniqArrayIf((t, h), entry.3 = 1) AS times, max(t) AS last_t
 FROM (
     SELECT site_id, visitor_id, toUnixTimestamp64Milli(occurred_at) AS t,
-        cityHash64(event_id) AS h, {entries_sql(signals)} AS entries
+        cityHash64(event_id) AS h, {entries_sql(signals)}
     FROM {db}.events
     WHERE {condition}
 )
@@ -130,7 +146,8 @@ GROUP BY site_id, visitor_id, signal, product"""
 def feed_name(signals: Iterable[Signal]) -> str:
     """The feed view's name for a signal set: a new set is a new view, created before the old
     one is dropped, so no inserted block is missed in between."""
-    ids = ",".join(str(s.id) for s in by_id(signals))
+    # The table's layout is part of the name: a view of an older layout is replaced.
+    ids = FEED_LAYOUT + ":" + ",".join(str(s.id) for s in by_id(signals))
     return FEED_PREFIX + hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 

@@ -1,10 +1,12 @@
-"""The one statement an evaluation runs: the signal state of a set of persons, trimmed to what
-the rules read, with each person's next due time.
+"""The one statement an evaluation runs: the signal state of a set of persons (of any number of
+sites: a round reads every site's at once), trimmed to what the rules read, with each person's
+next due time.
 
-Its text is fixed per database (the site, the persons, the signals, what each signal keeps and
-the time thresholds are parameters), so ClickHouse's planning cost does not grow with the
-number of audiences, and the rules run on the result in Python
-(:mod:`leadback.audiences.rule_functions`). Per (person, signal, product) row:
+Its text is fixed per database (the persons, the signals, what each signal keeps and each
+site's time thresholds are parameters), so ClickHouse's planning cost does not grow with the
+number of audiences or sites, and the rules run on the result in Python
+(:mod:`leadback.audiences.rule_functions`). It finds the persons' visitors itself (their own id
+and the visitors the identity graph gives them now). Per (site, person, signal, product) row:
 
 * ``tt``: the times up to ``now`` the rules read, sorted: those in the signal's longest window
   and its ``latest`` few, or all of them for a signal some rule reads whole;
@@ -15,7 +17,7 @@ number of audiences, and the rules run on the result in Python
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,17 +25,32 @@ from leadback.audiences.compiler import NEVER, Need
 from leadback.audiences.rule_functions import SignalState
 from leadback.audiences.signals import Signal, by_id
 
+#: Who a statement is about: (site, person) pairs.
+PERSONS = "{persons:Array(Tuple(String, String))}"
+
+
+def _visitors(db: str) -> str:
+    """Every visitor id that is or was one of the persons' (those merged elsewhere since are
+    dropped by the ``HAVING`` of :func:`state_sql`): a person's own id and the visitors with an
+    identity row naming it (``person_idx`` finds them)."""
+    return f"""(
+        SELECT site_id, visitor_id FROM {db}.identities WHERE (site_id, person_id) IN {PERSONS}
+        UNION ALL
+        SELECT k.1, k.2 FROM (SELECT arrayJoin({PERSONS}) AS k)
+    )"""
+
 
 def state_sql(db: str) -> str:
-    """The statement; parameters: ``site``, ``now``, ``vids`` (the persons' visitor ids),
-    ``signals``, ``need_ids`` / ``need_window`` / ``need_latest`` (what a signal keeps when it
-    is not read whole), ``thresholds``."""
-    return f"""SELECT person, signal, product, tt, last_t,
+    """The statement; parameters: ``now``, ``persons`` (site, person) pairs of any sites,
+    ``signals``, ``need_ids`` / ``need_window`` / ``need_latest`` (what a signal keeps
+    when it is not read whole), ``th_sites`` / ``th_values`` (each site's thresholds)."""
+    visitors = _visitors(db)
+    return f"""SELECT site, person, signal, product, tt, last_t,
     if(empty(recent), toInt64({NEVER}), arrayMin(arrayFilter(d -> d > {{now:Int64}},
-        arrayFlatten(arrayMap(k -> arrayMap(x -> x + k, recent), {{thresholds:Array(Int64)}})))
-        ) ) AS due
+        arrayFlatten(arrayMap(k -> arrayMap(x -> x + k, recent), ks))))) AS due
 FROM (
-    SELECT person, signal, product, last_t,
+    SELECT site, person, signal, product, last_t,
+        {{th_values:Array(Array(Int64))}}[indexOf({{th_sites:Array(String)}}, site)] AS ks,
         arraySort(arrayFilter(x -> x <= {{now:Int64}}, ts)) AS s,
         indexOf({{need_ids:Array(UInt64)}}, signal) AS ni,
         if(ni = 0, s, arraySlice(s, greatest(toInt64(length(s)) - greatest(
@@ -41,22 +58,24 @@ FROM (
             if({{need_window:Array(Int64)}}[ni] > 0,
                 arrayCount(x -> x > {{now:Int64}} - {{need_window:Array(Int64)}}[ni], s), 0)
         ) + 1, 1))) AS tt,
-        if(empty({{thresholds:Array(Int64)}}), emptyArrayInt64(), arrayFilter(
-            x -> x > {{now:Int64}} - arrayMax({{thresholds:Array(Int64)}}),
-            arrayPushBack(ts, last_t))) AS recent
+        if(empty(ks), emptyArrayInt64(),
+            arrayFilter(x -> x > {{now:Int64}} - arrayMax(ks), arrayPushBack(ts, last_t))) AS recent
     FROM (
-        SELECT if(idm.person_id != '', idm.person_id, p.visitor_id) AS person,
+        SELECT p.site_id AS site, if(idm.person_id != '', idm.person_id, p.visitor_id) AS person,
             p.signal AS signal, p.product AS product,
-            arrayMap(x -> x.1, groupUniqArrayMerge(p.times)) AS ts, max(p.last_t) AS last_t
+            arrayMap(x -> x.1, arrayDistinct(groupArrayArray(p.times))) AS ts,
+            max(p.last_t) AS last_t
         FROM {db}.person_signals AS p
         LEFT ANY JOIN (
-            SELECT visitor_id, argMax(person_id, version) AS person_id FROM {db}.identities
-            WHERE site_id = {{site:String}} AND visitor_id IN {{vids:Array(String)}}
-            GROUP BY visitor_id
-        ) AS idm ON p.visitor_id = idm.visitor_id
-        WHERE p.site_id = {{site:String}} AND p.visitor_id IN {{vids:Array(String)}}
+            SELECT site_id, visitor_id, argMax(person_id, version) AS person_id
+            FROM {db}.identities
+            WHERE (site_id, visitor_id) IN {visitors}
+            GROUP BY site_id, visitor_id
+        ) AS idm ON p.site_id = idm.site_id AND p.visitor_id = idm.visitor_id
+        WHERE (p.site_id, p.visitor_id) IN {visitors}
             AND p.signal IN {{signals:Array(UInt64)}}
-        GROUP BY person, signal, product
+        GROUP BY site, person, signal, product
+        HAVING (site, person) IN {PERSONS}
     )
 )"""
 
@@ -77,29 +96,57 @@ def state_params(
 
 @dataclass
 class PersonStates:
-    """What the statement returned, grouped: per person their person-level state, per
-    (person, product) the product's, and the earliest due time."""
+    """What the statement returned for one site, grouped: per person their person-level state,
+    per (person, product) the product's, and the earliest due time."""
 
     persons: dict[str, SignalState] = field(default_factory=dict)
     products: dict[tuple[str, str], SignalState] = field(default_factory=dict)
     due: dict[str, int] = field(default_factory=dict)
 
 
-def group_states(rows: Sequence[Sequence[Any]]) -> PersonStates:
-    """Rows of :func:`state_sql` -> :class:`PersonStates`."""
-    found = PersonStates()
-    persons, products, due = found.persons, found.products, found.due
-    for person, signal, product, tt, last_t, row_due in rows:
+def site_params(by_site: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The statement's audience parameters for several sites at once, from each site's
+    :func:`state_params`: the signals (ids are per site) with what they keep, and each site's
+    thresholds."""
+    signals: set[int] = set()
+    needs: dict[int, tuple[int, int]] = {}
+    for params in by_site.values():
+        signals.update(params["signals"])
+        needs.update(
+            zip(
+                params["need_ids"],
+                zip(params["need_window"], params["need_latest"], strict=True),
+                strict=True,
+            )
+        )
+    ids = sorted(needs)
+    return {
+        "signals": sorted(signals),
+        "need_ids": ids,
+        "need_window": [needs[i][0] for i in ids],
+        "need_latest": [needs[i][1] for i in ids],
+        "th_sites": sorted(by_site),
+        "th_values": [list(by_site[site]["thresholds"]) for site in sorted(by_site)],
+    }
+
+
+def group_states(rows: Sequence[Sequence[Any]]) -> dict[str, PersonStates]:
+    """Rows of :func:`state_sql` -> :class:`PersonStates` per site."""
+    by_site: dict[str, PersonStates] = {}
+    for site, person, signal, product, tt, last_t, row_due in rows:
+        found = by_site.get(site)
+        if found is None:
+            found = by_site[site] = PersonStates()
         if product:
-            state = products.get((person, product))
+            state = found.products.get((person, product))
             if state is None:
-                state = products[(person, product)] = SignalState()
+                state = found.products[(person, product)] = SignalState()
         else:
-            state = persons.get(person)
+            state = found.persons.get(person)
             if state is None:
-                state = persons[person] = SignalState()
+                state = found.persons[person] = SignalState()
         state.times[signal] = tt
         state.last[signal] = last_t
-        if row_due < due.get(person, NEVER):
-            due[person] = row_due
-    return found
+        if row_due < found.due.get(person, NEVER):
+            found.due[person] = row_due
+    return by_site

@@ -15,7 +15,7 @@ them; everything per event stays in ClickHouse.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -69,6 +69,26 @@ class IdentityGraph:
             {"s": site, "v": wanted},
         )
         found.update({str(r[0]): str(r[1]) for r in rows})
+        return found
+
+    async def persons_of_sites(
+        self, visitors: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, str]]:
+        """:meth:`persons_of` for several sites (site -> visitors) in one statement."""
+        pairs = sorted({(site, v) for site, vs in visitors.items() for v in vs})
+        found: dict[str, dict[str, str]] = {site: {} for site in visitors}
+        for site, v in pairs:
+            found[site][v] = v
+        if not pairs:
+            return found
+        rows = await self._store.query(
+            f"SELECT site_id, visitor_id, argMax(person_id, version) FROM {self._db}.identities "
+            "WHERE (site_id, visitor_id) IN {p:Array(Tuple(String, String))} "
+            "GROUP BY site_id, visitor_id",
+            {"p": pairs},
+        )
+        for site, visitor, person in rows:
+            found[str(site)][str(visitor)] = str(person)
         return found
 
     async def visitors_of(self, site: str, persons: Iterable[str]) -> dict[str, set[str]]:

@@ -11,7 +11,9 @@ migration's work is already done (a process died after the work and before recor
 it is only recorded. Its statements are each safe to run again (``DROP TABLE IF EXISTS`` of
 the work table first), so a crash anywhere before the guard turns true is retried from the
 start. Such a rebuild must not run in two processes at once: see
-``0004_event_time.sql``.
+``0004_event_time.sql``. A rebuilt table that views write into names them with a
+``-- drop_views: <prefix>`` line: the views of the database whose names start with it are dropped
+before the statements run (their owner creates them again).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = get_logger(__name__)
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _TTL = re.compile(r"INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
 _SKIP_IF = re.compile(r"^\s*--\s*skip_if:\s*(.+?)\s*$", re.MULTILINE)
+_DROP_VIEWS = re.compile(r"^\s*--\s*drop_views:\s*([A-Za-z0-9_]+)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ class Migration:
         """The guard query (``-- skip_if: SELECT ...``), if the migration has one."""
         match = _SKIP_IF.search(self.sql)
         return match.group(1).format(**params) if match else None
+
+    def drop_views(self) -> str | None:
+        """The name prefix of the views to drop first (``-- drop_views: <prefix>``), if any."""
+        match = _DROP_VIEWS.search(self.sql)
+        return match.group(1) if match else None
 
 
 def available() -> list[Migration]:
@@ -81,6 +89,9 @@ async def migrate(store: ClickHouseStore) -> list[int]:
         if await _already_done(store, migration.skip_if(**params)):
             log.info("migration found done", version=migration.version, name=migration.name)
         else:
+            prefix = migration.drop_views()
+            if prefix is not None:
+                await _drop_views(store, prefix)
             for statement in migration.statements(**params):
                 await store.command(statement)
         await store.command(
@@ -91,6 +102,17 @@ async def migrate(store: ClickHouseStore) -> list[int]:
         log.info("migration applied", version=migration.version, name=migration.name)
     await _ensure_events_ttl(store)
     return applied
+
+
+async def _drop_views(store: ClickHouseStore, prefix: str) -> None:
+    rows = await store.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} "
+        "AND startsWith(name, {p:String})",
+        {"db": store.database, "p": prefix},
+    )
+    for row in rows:
+        await store.command(f"DROP VIEW IF EXISTS {store.database}.{row[0]}")
+        log.info("view dropped for a migration", view=str(row[0]))
 
 
 async def _already_done(store: ClickHouseStore, guard: str | None) -> bool:
