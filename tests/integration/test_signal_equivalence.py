@@ -128,6 +128,7 @@ async def _program_answer(
     params = {
         **site_params({site: program.params}),
         "now": at,
+        "since": 0,
         "persons": [(site, v) for v in ("v1", "v2", "v3")],
     }
     states = group_states(await store.query(program.state, params)).get(site, PersonStates())

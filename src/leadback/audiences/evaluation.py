@@ -117,6 +117,7 @@ class Evaluator:
         params: dict[str, Any] = {
             **site_params({site: program.params for site, program in programs.items()}),
             "now": now,
+            "since": now - self._store.settings.events_ttl_days * 86_400_000,
             "persons": pairs,
         }
         states = group_states(await self._store.query(programs[pairs[0][0]].state, params))

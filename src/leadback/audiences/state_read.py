@@ -41,9 +41,11 @@ def _visitors(db: str) -> str:
 
 
 def state_sql(db: str) -> str:
-    """The statement; parameters: ``now``, ``persons`` (site, person) pairs of any sites,
-    ``signals``, ``need_ids`` / ``need_window`` / ``need_latest`` (what a signal keeps
-    when it is not read whole), ``th_sites`` / ``th_values`` (each site's thresholds)."""
+    """The statement; parameters: ``now``; ``since`` (times up to it are past the events TTL,
+    and a row whose latest time is goes, as the TTL will delete it); ``persons``: (site,
+    person) pairs of any sites; ``signals``; ``need_ids`` / ``need_window`` / ``need_latest``
+    (what a signal keeps when it is not read whole); ``th_sites`` / ``th_values`` (each
+    site's thresholds)."""
     visitors = _visitors(db)
     return f"""SELECT site, person, signal, product, tt, last_t,
     if(empty(recent), toInt64({NEVER}), arrayMin(arrayFilter(d -> d > {{now:Int64}},
@@ -51,7 +53,7 @@ def state_sql(db: str) -> str:
 FROM (
     SELECT site, person, signal, product, last_t,
         {{th_values:Array(Array(Int64))}}[indexOf({{th_sites:Array(String)}}, site)] AS ks,
-        arraySort(arrayFilter(x -> x <= {{now:Int64}}, ts)) AS s,
+        arraySort(arrayFilter(x -> x <= {{now:Int64}} AND x > {{since:Int64}}, ts)) AS s,
         indexOf({{need_ids:Array(UInt64)}}, signal) AS ni,
         if(ni = 0, s, arraySlice(s, greatest(toInt64(length(s)) - greatest(
             {{need_latest:Array(Int64)}}[ni],
@@ -77,6 +79,7 @@ FROM (
         GROUP BY site, person, signal, product
         HAVING (site, person) IN {PERSONS}
     )
+    WHERE last_t > {{since:Int64}}
 )"""
 
 

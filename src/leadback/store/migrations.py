@@ -28,7 +28,13 @@ from leadback.store.client import ClickHouseStore
 log = get_logger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_TTL = re.compile(r"INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
+# ClickHouse shows a TTL as `toIntervalDay(N)`; a statement may say `INTERVAL N DAY`.
+_TTL = re.compile(r"INTERVAL\s+(\d+)\s+DAY|toIntervalDay\((\d+)\)", re.IGNORECASE)
+#: Tables that keep what the events TTL allows, with the moment each row expires from.
+_TTL_TABLES = {
+    "events": "toDateTime(occurred_at)",
+    "person_signals": "toDateTime(intDiv(last_t, 1000))",  # a row goes with its last event
+}
 _SKIP_IF = re.compile(r"^\s*--\s*skip_if:\s*(.+?)\s*$", re.MULTILINE)
 _DROP_VIEWS = re.compile(r"^\s*--\s*drop_views:\s*([A-Za-z0-9_]+)\s*$", re.MULTILINE)
 
@@ -67,8 +73,8 @@ def available() -> list[Migration]:
 
 
 async def migrate(store: ClickHouseStore) -> list[int]:
-    """Apply the migrations not applied yet; return their versions. Also keeps the events TTL
-    equal to the configured one."""
+    """Apply the migrations not applied yet; return their versions. Also keeps the TTL of the
+    events and of ``person_signals`` equal to the configured one."""
     db = store.database
     await store.connect()
     await store.command(
@@ -123,18 +129,20 @@ async def _already_done(store: ClickHouseStore, guard: str | None) -> bool:
 
 
 async def _ensure_events_ttl(store: ClickHouseStore) -> None:
-    rows = await store.query(
-        "SELECT create_table_query FROM system.tables WHERE database = {db:String} "
-        "AND name = 'events'",
-        {"db": store.database},
-    )
-    if not rows:
-        return
-    match = _TTL.search(str(rows[0][0]))
+    """Keep the TTL of the events (and of the state derived from them) equal to the setting."""
     wanted = store.settings.events_ttl_days
-    if match and int(match.group(1)) != wanted:
-        await store.command(
-            f"ALTER TABLE {store.database}.events "
-            f"MODIFY TTL toDateTime(occurred_at) + INTERVAL {wanted} DAY"
+    for table, expires in _TTL_TABLES.items():
+        rows = await store.query(
+            "SELECT create_table_query FROM system.tables WHERE database = {db:String} "
+            "AND name = {t:String}",
+            {"db": store.database, "t": table},
         )
-        log.info("events TTL changed", days=wanted)
+        if not rows:
+            continue
+        match = _TTL.search(str(rows[0][0]))
+        days = int(match.group(1) or match.group(2)) if match else None
+        if days != wanted:
+            await store.command(
+                f"ALTER TABLE {store.database}.{table} MODIFY TTL {expires} + INTERVAL {wanted} DAY"
+            )
+            log.info("TTL changed", table=table, days=wanted)

@@ -1,7 +1,9 @@
 -- `person_signals.times` as a plain array (merged by `groupUniqArrayArray` as parts merge)
 -- instead of a `groupUniqArray` state: reading a person's times no longer rebuilds a hash set
 -- per row (finalizing the states was most of an evaluation's read: 152 ms for 1,000 persons
--- against 36 ms for arrays). The rows are copied, so no signal needs a backfill again.
+-- against 36 ms for arrays). The rows are copied, so no signal needs a backfill again. A row
+-- expires with the events TTL once its latest event has (the read drops older times of a row
+-- still alive).
 --
 -- The feed views write the old type into the table: they are dropped first (`drop_views`); the
 -- segmenter installs the new feed when it starts. Like 0004, stop every segmenter before the
@@ -19,7 +21,8 @@ CREATE TABLE {db}.person_signals_v2
     last_t SimpleAggregateFunction(max, Int64)
 )
 ENGINE = AggregatingMergeTree
-ORDER BY (site_id, visitor_id, signal, product);
+ORDER BY (site_id, visitor_id, signal, product)
+TTL toDateTime(intDiv(last_t, 1000)) + INTERVAL {ttl_days} DAY;
 INSERT INTO {db}.person_signals_v2 (site_id, visitor_id, signal, product, times, last_t)
 SELECT site_id, visitor_id, signal, product, groupUniqArrayMerge(times), max(last_t)
 FROM {db}.person_signals
