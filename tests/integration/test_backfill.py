@@ -117,10 +117,15 @@ async def test_a_signal_back_in_the_feed_is_filled_again(
 ) -> None:
     await put(engine, "buyers", BUYERS)
     await engine.tick()
+    _, values = encoded([event("shop", "early", "purchase", NOW - DAY)])
+    await store.insert_json_rows("events", b"\n".join(values), dedup_token="early")
+    rows = f"SELECT count() FROM {store.database}.person_signals"
+    assert (await store.query(rows))[0][0] > 0
     await engine.repository.delete("shop", "buyers")
     await engine.tick()
+    assert (await store.query(rows))[0][0] == 0  # the dropped signals' state is deleted
     # Bought while no audience wanted purchases: the feed did not keep them.
-    expected = await store_history(store, groups=1, per_group=30)
+    expected = await store_history(store, groups=1, per_group=30) | {"early"}
     await put(engine, "buyers", BUYERS)
     await engine.tick()
     assert await members(store, "buyers") == expected

@@ -109,8 +109,13 @@ class SignalBackfill:
         )
         dropped = {int(r[0]) for r in recorded} - wanted
         if dropped:
-            # Not fed any more: if an audience needs one again, it is filled again.
+            # Not fed any more: if an audience needs one again, it is filled again. Its rows
+            # only take space (and would be stale) until then.
             await self._record_ids(dropped, "dropped")
+            await self._store.command(
+                f"DELETE FROM {self._db}.person_signals WHERE signal IN {{d:Array(UInt64)}}",
+                {"d": sorted(dropped)},
+            )
         added = frozenset(s for s in signals if s.id not in complete)
         return FeedChange(name, added, frozenset(dropped), created_at)
 

@@ -277,7 +277,9 @@ class AudienceEngine:
                 await self.repository.mark_evaluated(a.spec.site, a.spec.id, a.version)
         live = [a for a in stale if not a.deleted]
         incomplete = any(not self._definitions.is_live(a) for a in self._all_active())
-        if (live or incomplete) and (self._refreshing is None or self._refreshing.done()):
+        # A deletion alone also refreshes: the feed stops matching the signals nobody reads.
+        shrunk = len(live) < len(stale)
+        if (live or incomplete or shrunk) and (self._refreshing is None or self._refreshing.done()):
             if self._refreshing is not None and not self._refreshing.cancelled():
                 failed = self._refreshing.exception()
                 if failed is not None:
