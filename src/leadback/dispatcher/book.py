@@ -73,6 +73,10 @@ class Book:
         """Enabled campaigns on one audience."""
         return [c for c in self._by_audience.get((site, audience), []) if c.spec.enabled]
 
+    def has_campaigns(self, site: str, audience: str) -> bool:
+        """Whether any campaign (enabled or not) is on the audience."""
+        return (site, audience) in self._by_audience
+
     def campaign(self, site: str, campaign_id: str) -> LiveCampaign | None:
         return self._campaigns.get((site, campaign_id))
 

@@ -150,7 +150,11 @@ class ChangePlanner:
                             )
                         )
             elif kind == "exit":
-                exits.setdefault((site, person), {})[audience] = (version, change["reason"])
+                # Steps to cancel exist only on audiences with campaigns; the timer pass cancels
+                # any left by a campaign deleted since (`campaign_gone`). No read otherwise:
+                # exits come by the thousand per second when audiences are busy.
+                if self._book.has_campaigns(site, audience):
+                    exits.setdefault((site, person), {})[audience] = (version, change["reason"])
                 if change["reason"] == "erased":
                     erased.append(Suppression(site, f"person:{person}", "all", "erased"))
         if enroll:
