@@ -27,8 +27,9 @@ from leadback.audiences.rules import (
     parse_audience,
 )
 from leadback.audiences.signals import Signal
-from leadback.audiences.state_read import PersonStates, group_states, site_params
+from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
 from leadback.store.client import ClickHouseStore
+from leadback.store.literals import string_pairs
 from leadback.store.migrations import migrate
 from tests.audience_reference import greedy, reference, rule_conditions, types
 from tests.integration.audience_kit import encoded, event
@@ -129,9 +130,10 @@ async def _program_answer(
         **site_params({site: program.params}),
         "now": at,
         "since": 0,
-        "persons": [(site, v) for v in ("v1", "v2", "v3")],
     }
-    states = group_states(await store.query(program.state, params)).get(site, PersonStates())
+    persons = string_pairs([(site, v) for v in ("v1", "v2", "v3")])
+    rows = await store.query(state_sql(store.database, persons), params)
+    states = group_states(rows).get(site, PersonStates())
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())
 

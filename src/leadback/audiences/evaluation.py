@@ -20,9 +20,10 @@ from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import memberships_sql
 from leadback.audiences.repository import StoredAudience
-from leadback.audiences.state_read import PersonStates, group_states, site_params
+from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
 from leadback.clock import Clock
 from leadback.store.client import ClickHouseStore
+from leadback.store.literals import string_pairs, strings
 
 
 @dataclass
@@ -118,20 +119,18 @@ class Evaluator:
             **site_params({site: program.params for site, program in programs.items()}),
             "now": now,
             "since": now - self._store.settings.events_ttl_days * 86_400_000,
-            "persons": pairs,
         }
-        states = group_states(await self._store.query(programs[pairs[0][0]].state, params))
+        states = group_states(
+            await self._store.query(state_sql(self._db, string_pairs(pairs)), params)
+        )
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
         for site, a, p, st, v, e, pr in await self._store.query(
-            memberships_sql(self._db),
-            {
-                "person_ids": sorted({p for _, p in pairs}),
-                "audiences": audience_pairs,
-                "persons": pairs,
-            },
+            memberships_sql(self._db, strings(sorted({p for _, p in pairs}))),
+            {"audiences": audience_pairs},
         ):
-            stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
+            if str(p) in work[str(site)][0]:
+                stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
         for site, (persons, evaluate) in sorted(work.items()):
             site_states = states.get(site, PersonStates())
             program = programs[site]

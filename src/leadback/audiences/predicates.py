@@ -4,6 +4,7 @@ about. The signal feed (:mod:`leadback.audiences.signals`) runs these when event
 from __future__ import annotations
 
 from leadback.audiences.rules import EventMatch, Filter
+from leadback.store.literals import string
 
 
 def literal(value: str | float | bool) -> str:
@@ -12,8 +13,7 @@ def literal(value: str | float | bool) -> str:
         return "1" if value else "0"
     if isinstance(value, int | float):
         return repr(float(value))
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
+    return string(value)
 
 
 def _path_args(key: str) -> str:

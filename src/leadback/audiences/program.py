@@ -18,17 +18,16 @@ from leadback.audiences.query import VersionedAudience
 from leadback.audiences.rule_functions import Test, rule_function
 from leadback.audiences.rules import AudienceSpec
 from leadback.audiences.signals import Signal, any_event
-from leadback.audiences.state_read import PersonStates, state_params, state_sql
+from leadback.audiences.state_read import PersonStates, state_params
 
 Key = tuple[str, str]
 
 
 @dataclass(frozen=True)
 class EvaluationProgram:
-    """``state``: the statement reading the persons' signal state (with ``params`` for the
-    audiences); a test per audience."""
+    """``params``: the audiences' parameters of the state statement
+    (:func:`~.state_read.state_sql`); a test per audience."""
 
-    state: str
     params: dict[str, Any]
     person_tests: tuple[tuple[str, Test], ...]
     #: (audience id, the any-event signal of its product key, test)
@@ -85,7 +84,6 @@ def build_program(
             anchor = any_event(a.spec.site, a.spec.products.property).id
             product_tests.append((a.spec.id, anchor, test))
     return EvaluationProgram(
-        state=state_sql(db),
         params=state_params(signals, needs, thresholds),
         person_tests=tuple(person_tests),
         product_tests=tuple(product_tests),

@@ -236,16 +236,15 @@ FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(audience_ids)}{pfilter}"""
 
 
-def memberships_sql(db: str) -> str:
-    """The stored memberships of ``persons`` ((site, person) pairs) in ``audiences`` ((site,
-    audience) pairs), of any number of sites (``person_ids``: the persons unpaired, for the
-    primary key's last column): (site_id, audience_id, person_id, state, version, entered_at,
-    products)."""
+def memberships_sql(db: str, person_ids: str) -> str:
+    """The stored memberships of ``person_ids`` (an ``Array(String)`` literal) in
+    ``audiences`` ((site, audience) pairs), of any number of sites: (site_id, audience_id,
+    person_id, state, version, entered_at, products). The same person id on two sites comes
+    back for both; the caller keeps the pairs it asked for."""
     return f"""SELECT site_id, audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}
-    AND person_id IN {{person_ids:Array(String)}}
-    AND (site_id, person_id) IN {{persons:Array(Tuple(String, String))}}"""
+    AND person_id IN {person_ids}"""
 
 
 def _anchor(spec: AudienceSpec) -> Signal:

@@ -2,9 +2,9 @@
 sites: a round reads every site's at once), trimmed to what the rules read, with each person's
 next due time.
 
-Its text is fixed per database (the persons, the signals, what each signal keeps and each
-site's time thresholds are parameters), so ClickHouse's planning cost does not grow with the
-number of audiences or sites, and the rules run on the result in Python
+Its text is fixed but for the persons (the signals, what each signal keeps and each site's time
+thresholds are parameters), so ClickHouse's planning cost does not grow with the number of
+audiences or sites, and the rules run on the result in Python
 (:mod:`leadback.audiences.rule_functions`). It finds the persons' visitors itself (their own id
 and the visitors the identity graph gives them now). Per (site, person, signal, product) row:
 
@@ -25,28 +25,26 @@ from leadback.audiences.compiler import NEVER, Need
 from leadback.audiences.rule_functions import SignalState
 from leadback.audiences.signals import Signal, by_id
 
-#: Who a statement is about: (site, person) pairs.
-PERSONS = "{persons:Array(Tuple(String, String))}"
 
-
-def _visitors(db: str) -> str:
+def _visitors(db: str, persons: str) -> str:
     """Every visitor id that is or was one of the persons' (those merged elsewhere since are
     dropped by the ``HAVING`` of :func:`state_sql`): a person's own id and the visitors with an
     identity row naming it (``person_idx`` finds them)."""
     return f"""(
-        SELECT site_id, visitor_id FROM {db}.identities WHERE (site_id, person_id) IN {PERSONS}
+        SELECT site_id, visitor_id FROM {db}.identities WHERE (site_id, person_id) IN {persons}
         UNION ALL
-        SELECT k.1, k.2 FROM (SELECT arrayJoin({PERSONS}) AS k)
+        SELECT k.1, k.2 FROM (SELECT arrayJoin({persons}) AS k)
     )"""
 
 
-def state_sql(db: str) -> str:
-    """The statement; parameters: ``now``; ``since`` (times up to it are past the events TTL,
-    and a row whose latest time is goes, as the TTL will delete it); ``persons``: (site,
-    person) pairs of any sites; ``signals``; ``need_ids`` / ``need_window`` / ``need_latest``
-    (what a signal keeps when it is not read whole); ``th_sites`` / ``th_values`` (each
-    site's thresholds)."""
-    visitors = _visitors(db)
+def state_sql(db: str, persons: str) -> str:
+    """The statement for ``persons``: who, of any sites, as an ``Array(Tuple(String, String))``
+    literal of (site, person) pairs (:func:`leadback.store.literals.string_pairs`).
+    Parameters: ``now``; ``since`` (times up to it are past the events TTL, and a row whose
+    latest time is goes, as the TTL will delete it); ``signals``; ``need_ids`` /
+    ``need_window`` / ``need_latest`` (what a signal keeps when it is not read whole);
+    ``th_sites`` / ``th_values`` (each site's thresholds)."""
+    visitors = _visitors(db, persons)
     return f"""SELECT site, person, signal, product, tt, last_t,
     if(empty(recent), toInt64({NEVER}), arrayMin(arrayFilter(d -> d > {{now:Int64}},
         arrayFlatten(arrayMap(k -> arrayMap(x -> x + k, recent), ks))))) AS due
@@ -77,7 +75,7 @@ FROM (
         WHERE (p.site_id, p.visitor_id) IN {visitors}
             AND p.signal IN {{signals:Array(UInt64)}}
         GROUP BY site, person, signal, product
-        HAVING (site, person) IN {PERSONS}
+        HAVING (site, person) IN {persons}
     )
     WHERE last_t > {{since:Int64}}
 )"""

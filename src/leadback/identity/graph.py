@@ -22,6 +22,7 @@ import orjson
 
 from leadback.clock import Clock, SystemClock
 from leadback.store.client import ClickHouseStore
+from leadback.store.literals import string_pairs
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,7 @@ class IdentityGraph:
             return found
         rows = await self._store.query(
             f"SELECT site_id, visitor_id, argMax(person_id, version) FROM {self._db}.identities "
-            "WHERE (site_id, visitor_id) IN {p:Array(Tuple(String, String))} "
-            "GROUP BY site_id, visitor_id",
-            {"p": pairs},
+            f"WHERE (site_id, visitor_id) IN {string_pairs(pairs)} GROUP BY site_id, visitor_id"
         )
         for site, visitor, person in rows:
             found[str(site)][str(visitor)] = str(person)

@@ -1,0 +1,41 @@
+"""Literals written into statements read back as the very strings they were made of."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leadback.store.client import ClickHouseStore
+from leadback.store.literals import string_pairs, strings
+
+pytestmark = pytest.mark.integration
+
+# Any text but NUL, which a query's text cannot carry; quotes and backslashes above all.
+texts = st.text(
+    alphabet=st.one_of(st.sampled_from("'\\\"`\n\t\r?{}"), st.characters(exclude_characters="\0")),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(values=st.lists(texts, max_size=5), pairs=st.lists(st.tuples(texts, texts), max_size=4))
+async def test_a_literal_is_read_back_as_its_values(
+    store: ClickHouseStore, values: list[str], pairs: list[tuple[str, str]]
+) -> None:
+    rows = await store.query(
+        f"SELECT CAST({strings(values)} AS Array(String)), {string_pairs(pairs)}"
+    )
+    assert list(rows[0][0]) == values
+    assert [tuple(p) for p in rows[0][1]] == pairs
+
+
+async def test_a_literal_that_looks_like_a_parameter_stays_text(store: ClickHouseStore) -> None:
+    ids = ["{now:Int64}", "%(now)s", "%s"]
+    rows = await store.query(
+        f"SELECT {{now:Int64}}, CAST({strings(ids)} AS Array(String))", {"now": 5}
+    )
+    assert rows[0][0] == 5
+    assert list(rows[0][1]) == ids
