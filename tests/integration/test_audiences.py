@@ -428,3 +428,12 @@ audiences:
         ("blog", "readers", "laptop"),
         ("shop", "purchasers_30d", "u:42"),
     ]
+
+
+async def test_a_round_of_thousands_of_visitors(h: Harness) -> None:
+    """Their ids are written into the round's statements: far past ClickHouse's default limit
+    on a query's text (256 KiB)."""
+    t = h.now
+    visitors = [f"visitor-{i:05d}-{'x' * 40}" for i in range(8_000)]
+    await h.send(*(event("shop", v, "purchase", t - 60) for v in visitors))
+    assert sorted(await h.members("purchasers_30d")) == visitors

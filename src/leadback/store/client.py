@@ -71,13 +71,18 @@ def translate(exc: Exception, what: str) -> Exception:
     return StoreRejectedError(f"{what}: {exc}", code=code)
 
 
+# A round writes its persons' ids into the statement's text (`store/literals.py`): thousands of
+# them pass ClickHouse's default 256 KiB limit on a query's text.
+_SETTINGS = {"max_query_size": 64 * 1024 * 1024}
+
+
 def _connect(settings: ClickHouseSettings) -> Client:
     try:
         if settings.is_chdb:
             # chdb://relative/dir and chdb:///abs/dir both name a directory.
             directory = Path(settings.url.removeprefix("chdb://")).expanduser().resolve()
             directory.mkdir(parents=True, exist_ok=True)
-            return clickhouse_connect.get_client(dsn=f"chdb://{directory}")
+            return clickhouse_connect.get_client(dsn=f"chdb://{directory}", settings=_SETTINGS)
         return clickhouse_connect.get_client(
             dsn=settings.url,
             username=settings.username,
@@ -85,6 +90,7 @@ def _connect(settings: ClickHouseSettings) -> Client:
             connect_timeout=settings.connect_timeout_s,
             send_receive_timeout=settings.query_timeout_s,
             autogenerate_session_id=False,
+            settings=_SETTINGS,
         )
     except Exception as exc:
         raise translate(exc, f"connect to {settings.url}") from exc
