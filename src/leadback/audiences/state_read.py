@@ -26,17 +26,6 @@ from leadback.audiences.rule_functions import SignalState
 from leadback.audiences.signals import Signal, by_id
 
 
-def _visitors(db: str, persons: str) -> str:
-    """Every visitor id that is or was one of the persons' (those merged elsewhere since are
-    dropped by the ``HAVING`` of :func:`state_sql`): a person's own id and the visitors with an
-    identity row naming it (``person_idx`` finds them)."""
-    return f"""(
-        SELECT site_id, visitor_id FROM {db}.identities WHERE (site_id, person_id) IN {persons}
-        UNION ALL
-        SELECT k.1, k.2 FROM (SELECT arrayJoin({persons}) AS k)
-    )"""
-
-
 def state_sql(db: str, persons: str) -> str:
     """The statement for ``persons``: who, of any sites, as an ``Array(Tuple(String, String))``
     literal of (site, person) pairs (:func:`leadback.store.literals.string_pairs`).
@@ -44,8 +33,17 @@ def state_sql(db: str, persons: str) -> str:
     latest time is goes, as the TTL will delete it); ``signals``; ``need_ids`` /
     ``need_window`` / ``need_latest`` (what a signal keeps when it is not read whole);
     ``th_sites`` / ``th_values`` (each site's thresholds)."""
-    visitors = _visitors(db, persons)
-    return f"""SELECT site, person, signal, product, tt, last_t,
+    # The persons' literal once (ClickHouse parses it once): `wanted`. `seen`: every visitor id
+    # that is or was one of theirs, their own and those an identity row names (`person_idx`
+    # finds them); visitors merged elsewhere since fall to the HAVING.
+    return f"""WITH
+    wanted AS (SELECT k.1 AS site_id, k.2 AS person_id FROM (SELECT arrayJoin({persons}) AS k)),
+    seen AS (
+        SELECT site_id, visitor_id FROM {db}.identities WHERE (site_id, person_id) IN wanted
+        UNION ALL
+        SELECT site_id, person_id FROM wanted
+    )
+SELECT site, person, signal, product, tt, last_t,
     if(empty(recent), toInt64({NEVER}), arrayMin(arrayFilter(d -> d > {{now:Int64}},
         arrayFlatten(arrayMap(k -> arrayMap(x -> x + k, recent), ks))))) AS due
 FROM (
@@ -69,13 +67,13 @@ FROM (
         LEFT ANY JOIN (
             SELECT site_id, visitor_id, argMax(person_id, version) AS person_id
             FROM {db}.identities
-            WHERE (site_id, visitor_id) IN {visitors}
+            WHERE (site_id, visitor_id) IN seen
             GROUP BY site_id, visitor_id
         ) AS idm ON p.site_id = idm.site_id AND p.visitor_id = idm.visitor_id
-        WHERE (p.site_id, p.visitor_id) IN {visitors}
+        WHERE (p.site_id, p.visitor_id) IN seen
             AND p.signal IN {{signals:Array(UInt64)}}
         GROUP BY site, person, signal, product
-        HAVING (site, person) IN {persons}
+        HAVING (site, person) IN wanted
     )
     WHERE last_t > {{since:Int64}}
 )"""
