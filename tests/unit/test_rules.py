@@ -10,15 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.audiences.compiler import compile_rule
+from leadback.audiences.durations import format_duration, parse_duration
 from leadback.audiences.predicates import literal
 from leadback.audiences.query import VersionedAudience, build_evaluation
-from leadback.audiences.rules import (
-    AudienceSpec,
-    format_duration,
-    parse_audience,
-    parse_audiences,
-    parse_duration,
-)
+from leadback.audiences.rules import AudienceSpec, parse_audience, parse_audiences
 from leadback.errors import InvalidInputError
 
 

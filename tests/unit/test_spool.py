@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leadback.errors import BackpressureError
-from leadback.kafka.spool import Spool, SpoolRecord
+from leadback.kafka.spool import Spool
+from leadback.kafka.spool_frames import SpoolRecord
 
 BIG = 1 << 30
 

@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from leadback.audiences.rules import AUDIENCE_ID, format_duration, parse_duration
+from leadback.audiences.durations import format_duration, parse_duration
+from leadback.audiences.rules import AUDIENCE_ID
 
 CAMPAIGN_ID = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")

@@ -35,7 +35,8 @@ from leadback.errors import (
     QueueFullError,
 )
 from leadback.kafka.rdkafka import QueueingProducer
-from leadback.kafka.spool import Spool, SpoolRecord
+from leadback.kafka.spool import Spool
+from leadback.kafka.spool_frames import SpoolRecord
 from leadback.logs import get_logger
 
 log = get_logger(__name__)

@@ -8,10 +8,8 @@ Layout of one *slot* directory (one live process owns a slot, see :meth:`Spool.o
         00000000000000000007.seg     segments, oldest first; only the last one grows
         00000000000000000008.seg
 
-A segment is a sequence of frames: a header ``<IIHi`` = (crc32, body length, topic length,
-key length or -1 for None) then the body = topic utf-8 + key + value. The crc covers the
-three length fields (header bytes 4..14) followed by the body, so a torn or overwritten
-header is detected as surely as a torn body.
+A segment is a sequence of frames (:mod:`~.spool_frames`); slots are claimed with a lock file
+(:mod:`~.spool_slots`).
 
 Appends are buffered writes handed to the OS (``flush``) before ``append`` returns, which
 survives the death of the process; ``fsync`` happens when a segment is sealed and on close.
@@ -20,30 +18,22 @@ survives the death of the process; ``fsync`` happens when a segment is sealed an
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import re
-import struct
-import uuid
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from leadback.errors import BackpressureError
+from leadback.kafka.spool_frames import SpoolRecord, encode_frame, read_frame
+from leadback.kafka.spool_slots import LOCK_FILE, claim_slot, fsync_dir
 from leadback.logs import get_logger
 
 log = get_logger(__name__)
 
-SpoolRecord = tuple[str, bytes | None, bytes]
-"""(topic, key or None, value)."""
-
-_HEADER = struct.Struct("<IIHi")  # crc32, body length, topic length, key length (-1: None)
-_LENGTHS = struct.Struct("<IHi")  # the part of the header the crc covers
 _SEGMENT_RE = re.compile(r"\d{20}\.seg")
 _HEAD_FILE = "head.pos"
-_LOCK_FILE = "lock"
 
 
 @dataclass(frozen=True)
@@ -60,93 +50,6 @@ class _Segment:
     seq: int
     end: int  # bytes of complete, valid frames
     records: int  # frames in [0, end)
-
-
-def _encode(record: SpoolRecord) -> bytes:
-    topic, key, value = record
-    topic_b = topic.encode()
-    key_b = b"" if key is None else key
-    body_len = len(topic_b) + len(key_b) + len(value)
-    if len(topic_b) > 0xFFFF or body_len > 0xFFFFFFFF:
-        raise ValueError(f"record too large for the spool (topic {topic!r})")
-    lengths = _LENGTHS.pack(body_len, len(topic_b), -1 if key is None else len(key_b))
-    crc = zlib.crc32(value, zlib.crc32(key_b, zlib.crc32(topic_b, zlib.crc32(lengths))))
-    return b"".join((struct.pack("<I", crc), lengths, topic_b, key_b, value))
-
-
-def _read_frame(f: io.BufferedReader, limit: int) -> tuple[SpoolRecord, int] | None:
-    """The frame at the file position and its size, or None if no valid frame fits in limit."""
-    header = f.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    crc, body_len, topic_len, key_len = _HEADER.unpack(header)
-    key_n = max(key_len, 0)
-    # Check lengths before reading so a garbage header cannot make us allocate gigabytes.
-    if key_len < -1 or topic_len + key_n > body_len or _HEADER.size + body_len > limit:
-        return None
-    body = f.read(body_len)
-    if len(body) < body_len or zlib.crc32(body, zlib.crc32(header[4:])) != crc:
-        return None
-    try:
-        topic = body[:topic_len].decode()
-    except UnicodeDecodeError:
-        return None
-    key = None if key_len < 0 else body[topic_len : topic_len + key_n]
-    return (topic, key, body[topic_len + key_n :]), _HEADER.size + body_len
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _try_lock(slot: Path) -> int | None:
-    """An flock()ed descriptor on ``slot/lock``, or None if another process owns the slot."""
-    path = slot / _LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        # Removal deletes the lock file after the data, so a lockless slot holds nothing.
-        with contextlib.suppress(OSError):
-            slot.rmdir()
-        return None
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # The owner may have removed the slot between our open() and flock().
-        here, now = os.fstat(fd), os.stat(path)
-        if (here.st_dev, here.st_ino) != (now.st_dev, now.st_ino):
-            raise FileNotFoundError(path)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def _claim_slot(base_dir: Path) -> tuple[Path, int]:
-    base_dir.mkdir(parents=True, exist_ok=True)
-    for slot in sorted(base_dir.glob("slot-*")):
-        fd = _try_lock(slot)
-        if fd is not None:
-            return slot, fd
-    # Lock the new slot under a name nobody scans, then publish it: no one can adopt it first.
-    name = uuid.uuid4().hex
-    fresh = base_dir / f".new-{name}"
-    fresh.mkdir()
-    fd = os.open(fresh / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        slot = base_dir / f"slot-{name}"
-        fresh.rename(slot)
-        _fsync_dir(base_dir)
-    except BaseException:
-        os.close(fd)
-        raise
-    return slot, fd
 
 
 class Spool:
@@ -178,7 +81,7 @@ class Spool:
         """
         if max_bytes <= 0 or segment_bytes <= 0:
             raise ValueError("max_bytes and segment_bytes must be positive")
-        slot, fd = _claim_slot(base_dir)
+        slot, fd = claim_slot(base_dir)
         try:
             return cls(slot, fd, max_bytes=max_bytes, segment_bytes=segment_bytes)
         except BaseException:
@@ -215,7 +118,7 @@ class Spool:
         segment is sealed and on close().
         """
         self._check_open()
-        frames = [_encode(r) for r in records]
+        frames = [encode_frame(r) for r in records]
         total = sum(len(f) for f in frames)
         if self.size_bytes + total > self._max_bytes:
             raise BackpressureError(
@@ -266,7 +169,7 @@ class Spool:
             with self._path(seg.seq).open("rb") as f:
                 f.seek(offset)
                 while offset < seg.end and len(out) < max_records:
-                    frame = _read_frame(f, seg.end - offset)
+                    frame = read_frame(f, seg.end - offset)
                     if frame is None:
                         self._drop_rest(seg, offset, index)
                         break
@@ -316,7 +219,7 @@ class Spool:
             if self.is_empty:
                 self._remove_slot()
             else:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
         finally:
             os.close(self._lock_fd)
 
@@ -424,7 +327,7 @@ class Spool:
         index = at = 0
         with path.open("rb") as f:
             while seg.end < size:
-                frame = _read_frame(f, size - seg.end)
+                frame = read_frame(f, size - seg.end)
                 if frame is None:
                     break
                 if seg.end < head:  # acked before the restart
@@ -454,7 +357,7 @@ class Spool:
         try:
             for seg in self._segments:
                 self._path(seg.seq).unlink(missing_ok=True)
-            for name in (_HEAD_FILE, f"{_HEAD_FILE}.tmp", _LOCK_FILE):
+            for name in (_HEAD_FILE, f"{_HEAD_FILE}.tmp", LOCK_FILE):
                 (self._dir / name).unlink(missing_ok=True)
             self._dir.rmdir()
         except OSError as exc:

@@ -75,7 +75,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
-from urllib.parse import unquote_plus
 
 from leadback import events as ev
 from leadback.enrich.bots import BotDetector
@@ -85,6 +84,7 @@ from leadback.errors import InvalidInputError
 from leadback.event_time import DEFAULT_MAX_LAG_MS, occurred_ms
 from leadback.identity.contacts import ContactCipher, protect_traits
 from leadback.ids import is_visitor_id, new_visitor_id, uuid7
+from leadback.protocols.pixel_attribution import attribution, too_long
 from leadback.protocols.query_string import parse_query
 
 #: Every ``reason`` :func:`parse_pixel` can raise.
@@ -111,11 +111,6 @@ _ID_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 _KEY_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _MAX_TS_MS: Final = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _MAX_INT_DIGITS: Final = 18  # always fits a signed 64-bit integer (JSON consumers, orjson)
-
-_ATTRIBUTION_LIMITS: Final[dict[str, int]] = {
-    **{f"utm_{field}": ev.MAX_UTM for field in ev.UTM_FIELDS},
-    **dict.fromkeys(ev.CLICK_ID_FIELDS, ev.MAX_CLICK_ID),
-}
 
 
 @dataclass(slots=True)
@@ -152,16 +147,12 @@ class PixelResult:
 
 
 # "%XX" -> the byte, for every hex pair in either case; the character when it is ASCII.
-def _too_long(field: str, limit: int) -> InvalidInputError:
-    return InvalidInputError("field_too_long", f"longer than {limit} characters", field=field)
-
-
 def _limited(params: dict[str, str], field: str, limit: int) -> str | None:
     value = params.get(field)
     if not value:
         return None
     if len(value) > limit:
-        raise _too_long(field, limit)
+        raise too_long(field, limit)
     return value
 
 
@@ -211,70 +202,13 @@ def _sent_ms(value: str | None) -> int | None:
 def _language(param: str | None, header: str | None) -> str | None:
     if param:
         if len(param) > ev.MAX_LANGUAGE:
-            raise _too_long("lang", ev.MAX_LANGUAGE)
+            raise too_long("lang", ev.MAX_LANGUAGE)
         return param
     if header:
         tag = header.partition(",")[0].partition(";")[0].strip()
         if tag and tag != "*":
             return tag[: ev.MAX_LANGUAGE]
     return None
-
-
-_NO_UTM: Final[ev.Utm] = {
-    "source": None,
-    "medium": None,
-    "campaign": None,
-    "term": None,
-    "content": None,
-}
-_NO_CLICK_IDS: Final[ev.ClickIds] = {
-    "gclid": None,
-    "fbclid": None,
-    "yclid": None,
-    "ttclid": None,
-    "msclkid": None,
-}
-
-
-def _attribution(params: dict[str, str], url: str | None) -> tuple[ev.Utm, ev.ClickIds]:
-    found: dict[str, str] = {}
-    if not _ATTRIBUTION_LIMITS.keys().isdisjoint(params):
-        for field, limit in _ATTRIBUTION_LIMITS.items():
-            value = params.get(field)
-            if value:
-                if len(value) > limit:
-                    raise _too_long(field, limit)
-                found[field] = value
-    if url and len(found) < len(_ATTRIBUTION_LIMITS):
-        url_query = url.partition("?")[2].partition("#")[0]
-        # A cheap look before splitting ("msclkid" has no "clid").
-        if "utm_" in url_query or "clid=" in url_query or "clkid=" in url_query:
-            for part in url_query.split("&"):
-                field, _, value = part.partition("=")
-                cut = _ATTRIBUTION_LIMITS.get(field)
-                if cut is not None and value and field not in found:
-                    if "%" in value or "+" in value:
-                        # The page's own URL: undecodable bytes are replaced, not refused.
-                        value = unquote_plus(value)
-                    found[field] = value[:cut]
-    if not found:
-        return _NO_UTM.copy(), _NO_CLICK_IDS.copy()
-    get = found.get
-    utm: ev.Utm = {
-        "source": get("utm_source"),
-        "medium": get("utm_medium"),
-        "campaign": get("utm_campaign"),
-        "term": get("utm_term"),
-        "content": get("utm_content"),
-    }
-    click_ids: ev.ClickIds = {
-        "gclid": get("gclid"),
-        "fbclid": get("fbclid"),
-        "yclid": get("yclid"),
-        "ttclid": get("ttclid"),
-        "msclkid": get("msclkid"),
-    }
-    return utm, click_ids
 
 
 def _bad_property(field: str, detail: str) -> InvalidInputError:
@@ -356,7 +290,7 @@ def parse_pixel(
         if etype == "custom":
             raise InvalidInputError("missing_name", "type=custom needs a name", field="name")
     elif len(name) > ev.MAX_NAME:
-        raise _too_long("name", ev.MAX_NAME)
+        raise too_long("name", ev.MAX_NAME)
 
     event_id = get("eid")
     if not event_id:
@@ -371,7 +305,7 @@ def parse_pixel(
     user_id = get("uid") or None
     if user_id is not None:
         if len(user_id) > ev.MAX_USER_ID:
-            raise _too_long("uid", ev.MAX_USER_ID)
+            raise too_long("uid", ev.MAX_USER_ID)
         if not user_id.isprintable():
             raise InvalidInputError(
                 "invalid_user_id", "uid has non-printable characters", field="uid"
@@ -380,7 +314,7 @@ def parse_pixel(
     referrer = _limited(params, "ref", ev.MAX_URL)
     sent_ms = _sent_ms(get("ts"))
     language = _language(get("lang"), req.accept_language)
-    utm, click_ids = _attribution(params, url)
+    utm, click_ids = attribution(params, url)
     properties, traits = _properties_and_traits(params)
     if traits:  # most pixels carry none: no cost for them
         traits = protect_traits(

@@ -24,9 +24,10 @@ from leadback.admin.schemas import (
     ValidateResult,
     WriteResult,
 )
+from leadback.audiences.durations import format_duration
 from leadback.audiences.refresh import refresh_statuses, state_of
 from leadback.audiences.repository import Written
-from leadback.audiences.rules import format_duration, parse_audience
+from leadback.audiences.rules import parse_audience
 from leadback.audiences.validation import AudienceSet, parse_audience_set
 from leadback.errors import InvalidInputError
 from leadback.events import format_datetime

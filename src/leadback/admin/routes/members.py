@@ -18,7 +18,7 @@ from leadback.admin.members import (
     export_jsonl,
 )
 from leadback.admin.schemas import MemberOut, MembersPage, SizeBucket, SizeSeries
-from leadback.audiences.rules import format_duration, parse_duration
+from leadback.audiences.durations import format_duration, parse_duration
 from leadback.errors import InvalidInputError
 from leadback.events import format_ts
 
