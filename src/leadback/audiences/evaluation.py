@@ -34,11 +34,6 @@ class Outcome:
     memberships: list[bytes] = field(default_factory=list)
     dues: list[bytes] = field(default_factory=list)
 
-    def extend(self, other: Outcome) -> None:
-        self.changes.extend(other.changes)
-        self.memberships.extend(other.memberships)
-        self.dues.extend(other.dues)
-
 
 class Evaluator:
     """Evaluates audiences and hands the transitions to the outbox."""

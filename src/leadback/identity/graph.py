@@ -60,17 +60,7 @@ class IdentityGraph:
 
     async def persons_of(self, site: str, visitors: Iterable[str]) -> dict[str, str]:
         """visitor -> person, for each of ``visitors`` (a visitor without a row is itself)."""
-        wanted = sorted(set(visitors))
-        found = {v: v for v in wanted}
-        if not wanted:
-            return found
-        rows = await self._store.query(
-            f"SELECT visitor_id, argMax(person_id, version) FROM {self._db}.identities "
-            "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} GROUP BY visitor_id",
-            {"s": site, "v": wanted},
-        )
-        found.update({str(r[0]): str(r[1]) for r in rows})
-        return found
+        return (await self.persons_of_sites({site: visitors}))[site]
 
     async def persons_of_sites(
         self, visitors: Mapping[str, Iterable[str]]
