@@ -57,9 +57,10 @@ bench-deps: ## install nginx-light and wrk (apt-get), the ingest benchmark's anc
 	@{ command -v nginx >/dev/null || test -x /usr/sbin/nginx; } && command -v wrk >/dev/null \
 		|| { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk; }
 
-bench: $(BENCH_STAMP) bench-deps ## benchmarks: ingest vs nginx and a naive app, audience cost and freshness, segmenter, dispatcher
+bench: $(BENCH_STAMP) bench-deps ## benchmarks: ingest vs nginx and a naive app, audience cost and freshness, signal feed, segmenter, dispatcher
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.audiences
+	$(BIN)/python -m bench.feed
 	@if test -f bench/segmenter.py; then echo "$(BIN)/python -m bench.segmenter"; $(BIN)/python -m bench.segmenter; fi
 	$(BIN)/python -m bench.dispatcher
 
