@@ -19,7 +19,7 @@ from leadback.segmenter.member import Segmenter
 from leadback.segmenter.service import build_engine, build_segmenter, change_producer
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
-from leadback.store.migrations import migrate
+from leadback.store.migrations import available, migrate
 
 
 async def read_topic(bootstrap: str, topic: str, *, idle_ms: int = 1500) -> list[dict[str, Any]]:
@@ -105,6 +105,26 @@ async def committed_count(bootstrap: str, group: str, topic: str) -> int:
         return total
     finally:
         await consumer.stop()
+
+
+async def migrate_before(store: ClickHouseStore, version: int) -> None:
+    """Create the database as the release before migration ``version`` left it."""
+    await store.connect()
+    db = store.database
+    await store.command(
+        f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, "
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    params = {"db": db, "ttl_days": 3650, "dedup_window": 1000}
+    for migration in available():
+        if migration.version < version:
+            for statement in migration.statements(**params):
+                await store.command(statement)
+            await store.command(
+                f"INSERT INTO {db}.schema_migrations (version, name) "
+                f"VALUES ({migration.version}, '{migration.name}')"
+            )
 
 
 async def count(store: ClickHouseStore, sql: str) -> int:

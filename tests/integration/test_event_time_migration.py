@@ -14,7 +14,7 @@ from leadback.ingest.signals import signal_event
 from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import available, migrate
-from tests.integration.helpers import count
+from tests.integration.helpers import count, migrate_before
 from tests.integration.test_crash_recovery import canonical
 
 pytestmark = pytest.mark.integration
@@ -28,22 +28,7 @@ EVENT_TIME = 4  # the migration under test
 async def old_store(make_settings: Callable[..., Settings]) -> AsyncIterator[ClickHouseStore]:
     """A database as a Leadback release before 0004 left it, with 30 events in it."""
     store = ClickHouseStore(make_settings().clickhouse)
-    await store.connect()
-    db = store.database
-    await store.command(
-        f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        "ENGINE = ReplacingMergeTree ORDER BY version"
-    )
-    params = {"db": db, "ttl_days": 3650, "dedup_window": 1000}
-    for migration in available():
-        if migration.version < EVENT_TIME:
-            for statement in migration.statements(**params):
-                await store.command(statement)
-            await store.command(
-                f"INSERT INTO {db}.schema_migrations (version, name) "
-                f"VALUES ({migration.version}, '{migration.name}')"
-            )
+    await migrate_before(store, EVENT_TIME)
     rows = []
     for i in range(30):
         row = canonical(i, 0)
@@ -54,7 +39,7 @@ async def old_store(make_settings: Callable[..., Settings]) -> AsyncIterator[Cli
     try:
         yield store
     finally:
-        await store.command(f"DROP DATABASE IF EXISTS {db}")
+        await store.command(f"DROP DATABASE IF EXISTS {store.database}")
         await store.close()
 
 

@@ -19,6 +19,7 @@ from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import available, migrate
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
+from tests.integration.helpers import migrate_before
 from tests.integration.test_backfill import BUYERS, NOW, members, store_history
 
 pytestmark = pytest.mark.integration
@@ -41,22 +42,8 @@ async def old_store(make_settings: Callable[..., Settings]) -> AsyncIterator[Cli
     """A database as the release before 0007 left it: the audience live, its feed filling
     ``groupUniqArray`` states from two inserts that share events (retried with another token)."""
     store = ClickHouseStore(make_settings().clickhouse)
-    await store.connect()
+    await migrate_before(store, ARRAYS)
     db = store.database
-    await store.command(
-        f"CREATE TABLE {db}.schema_migrations (version UInt32, name String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        "ENGINE = ReplacingMergeTree ORDER BY version"
-    )
-    params = {"db": db, "ttl_days": 3650, "dedup_window": 1000}
-    for migration in available():
-        if migration.version < ARRAYS:
-            for statement in migration.statements(**params):
-                await store.command(statement)
-            await store.command(
-                f"INSERT INTO {db}.schema_migrations (version, name) "
-                f"VALUES ({migration.version}, '{migration.name}')"
-            )
     await store.command(_old_feed(db))
     await store_history(store, groups=2, per_group=40)
     _, again = encoded([event("shop", "v00000", "purchase", NOW - 10 * 86_400.0)])

@@ -15,6 +15,7 @@ from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
+from tests.integration.test_backfill import members
 
 pytestmark = pytest.mark.integration
 
@@ -41,15 +42,6 @@ async def short_ttl(make_settings: Callable[..., Settings]) -> AsyncIterator[Cli
     finally:
         await store.command(f"DROP DATABASE IF EXISTS {store.database}")
         await store.close()
-
-
-async def _members(store: ClickHouseStore, audience: str) -> set[str]:
-    rows = await store.query(
-        f"SELECT person_id FROM {store.database}.memberships FINAL "
-        "WHERE audience_id = {a:String} AND state = 'in'",
-        {"a": audience},
-    )
-    return {str(r[0]) for r in rows}
 
 
 async def _ttl_days(store: ClickHouseStore, table: str) -> str:
@@ -79,8 +71,8 @@ async def test_times_past_the_ttl_do_not_count(short_ttl: ClickHouseStore) -> No
         keys, values = encoded(history)
         await short_ttl.insert_json_rows("events", b"\n".join(values), dedup_token="h")
         await engine.on_batch(keys, values, "h")
-        assert await _members(short_ttl, "buyers") == {"old_and_new", "twice_recent"}
-        assert await _members(short_ttl, "repeat_buyers") == {"twice_recent"}
+        assert await members(short_ttl, "buyers") == {"old_and_new", "twice_recent"}
+        assert await members(short_ttl, "repeat_buyers") == {"twice_recent"}
     finally:
         await engine.close()
 
