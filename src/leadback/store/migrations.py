@@ -106,7 +106,7 @@ async def migrate(store: ClickHouseStore) -> list[int]:
         )
         applied.append(migration.version)
         log.info("migration applied", version=migration.version, name=migration.name)
-    await _ensure_events_ttl(store)
+    await _ensure_ttls(store)
     return applied
 
 
@@ -128,7 +128,7 @@ async def _already_done(store: ClickHouseStore, guard: str | None) -> bool:
     return bool(rows) and rows[0][0] == 1
 
 
-async def _ensure_events_ttl(store: ClickHouseStore) -> None:
+async def _ensure_ttls(store: ClickHouseStore) -> None:
     """Keep the TTL of the events (and of the state derived from them) equal to the setting."""
     wanted = store.settings.events_ttl_days
     for table, expires in _TTL_TABLES.items():
