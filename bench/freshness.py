@@ -210,6 +210,7 @@ def _duration_median(
     counter = {
         "leadback_audience_last_evaluation_seconds": "leadback_audience_evaluations_total",
         "leadback_segmenter_last_insert_seconds": "leadback_segmenter_batches_inserted_total",
+        "leadback_segmenter_last_round_seconds": "leadback_segmenter_rounds_total",
     }[gauge]
     seen: list[float] = []
     for prev, cur in itertools.pairwise(scrapes):
@@ -233,7 +234,9 @@ def metric_figures(scrapes: list[Scrape]) -> dict[str, Any]:
     evaluation, eval_source = _duration_median(
         scrapes, "evaluation", "leadback_audience_last_evaluation_seconds"
     )
-    round_median, round_source = _duration_median(scrapes, "round", None)
+    round_median, round_source = _duration_median(
+        scrapes, "round", "leadback_segmenter_last_round_seconds"
+    )
     insert, insert_source = _duration_median(
         scrapes, "insert", "leadback_segmenter_last_insert_seconds"
     )

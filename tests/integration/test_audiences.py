@@ -430,6 +430,49 @@ audiences:
     ]
 
 
+async def test_identity_links_and_timer_pass_of_several_sites_at_once(h: Harness) -> None:
+    """One round links visitors on two sites (the same ids on both, each merged into its own
+    site's user) and saves each site's traits; one timer pass then exits both sites' members."""
+    await h.apply(
+        """
+audiences:
+  - id: blog_readers_1h
+    site: blog
+    rule: {did: {event: page_view, within: 1h}}
+  - id: shop_viewers_1h
+    site: shop
+    rule: {did: {event: page_view, within: 1h}}
+"""
+    )
+    t = h.now
+    await h.send(
+        event("shop", "laptop", "page_view", t - 5),
+        event("blog", "laptop", "page_view", t - 5),
+        event("blog", "phone", "page_view", t - 5),
+        event("shop", "laptop", "identify", t - 4, user_id="42", traits={"email_sha256": "aa"}),
+        event("blog", "laptop", "identify", t - 4, user_id="7", traits={"email_sha256": "bb"}),
+        event("blog", "phone", "page_view", t - 3, user_id="7"),
+    )
+    assert set(await h.members("shop_viewers_1h")) == {"u:42"}
+    assert set(await h.members("blog_readers_1h")) == {"u:7"}
+    persons = await h.engine.identity.persons_of_sites(
+        {"shop": ["laptop"], "blog": ["laptop", "phone"]}
+    )
+    assert persons == {"shop": {"laptop": "u:42"}, "blog": {"laptop": "u:7", "phone": "u:7"}}
+    rows = await h.store.query(
+        f"SELECT site_id, visitor_id, JSONExtractString(argMax(traits, updated_at), "
+        f"'email_sha256') FROM {h.store.database}.contacts GROUP BY site_id, visitor_id "
+        "ORDER BY site_id"
+    )
+    assert [tuple(map(str, r)) for r in rows] == [
+        ("blog", "laptop", "bb"),
+        ("shop", "laptop", "aa"),
+    ]
+    await h.later(2 * H)  # both windows close: one pass finds both sites' persons due
+    assert h.changes("shop_viewers_1h")[-1][:2] == ("u:42", "exit")
+    assert h.changes("blog_readers_1h")[-1][:2] == ("u:7", "exit")
+
+
 async def test_a_round_of_thousands_of_visitors(h: Harness) -> None:
     """Their ids are written into the round's statements: far past ClickHouse's default limit
     on a query's text (256 KiB)."""

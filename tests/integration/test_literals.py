@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leadback.store.client import ClickHouseStore
-from leadback.store.literals import string_pairs, strings
+from leadback.store.literals import as_set, string, string_pairs, strings
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +34,16 @@ async def test_a_literal_is_read_back_as_its_values(
     )
     assert list(rows[0][0]) == values
     assert [tuple(p) for p in rows[0][1]] == pairs
+    for value in values:  # and as the set of an IN
+        found = await store.query(f"SELECT {string(value)} IN {as_set(strings(values))}")
+        assert found[0][0] == 1
+    if pairs:
+        a, b = pairs[0]
+        found = await store.query(
+            f"SELECT ({string(a)}, {string(b)}) IN {as_set(string_pairs(pairs))}, "
+            f"({string(a + 'x')}, {string(b)}) IN {as_set(string_pairs(pairs))}"
+        )
+        assert tuple(found[0]) == (1, int((a + "x", b) in pairs))
 
 
 async def test_a_literal_that_looks_like_a_parameter_stays_text(store: ClickHouseStore) -> None:

@@ -116,6 +116,8 @@ async def test_a_backlog_is_inserted_in_many_batches_and_evaluated_in_few_rounds
         # Many batches, few evaluations and commits: the backlog waits for one round.
         assert seg.stats.rounds <= seg.stats.batches_inserted // 3, seg.stats
         assert evaluations <= seg.stats.rounds + 1
+        # A deferred round lasts from its first write to its commit: longer than its last write.
+        assert seg.stats.last_round_seconds >= seg.stats.last_insert_seconds > 0, seg.stats
         assert await count(store, "SELECT count() FROM {db}.events") == 3000
         members = await store.query(
             f"SELECT person_id FROM {store.database}.memberships FINAL "

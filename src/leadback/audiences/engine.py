@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -231,10 +232,13 @@ class AudienceEngine:
             await self._settle_doubt()
             requests: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
             lost_of: dict[str, set[str]] = {}
-            for site in sorted({*by_site, *(str(e.get("site_id")) for e in events)}):
-                site_token = f"{token}|{site}"
-                site_events = [e for e in events if e.get("site_id") == site]
-                changes = await self._identity_updates.apply(site, site_events, token=site_token)
+            site_events: dict[str, list[dict[str, Any]]] = {site: [] for site in by_site}
+            for e in events:
+                site_events.setdefault(str(e.get("site_id")), []).append(e)
+            # Every site's identity events at once (a lookup or two and an insert per round).
+            identity = await self._identity_updates.apply_sites(site_events, token=token)
+            for site in sorted(site_events):
+                changes = identity[site]
                 self.stats.identity_links += changes.links
                 # Only the audiences these event types can change (all of them when persons
                 # merged); the rest can only change with time, which the timer pass covers.
@@ -292,22 +296,32 @@ class AudienceEngine:
     # -- timer ----------------------------------------------------------------------------
 
     async def _due_pass(self) -> None:
+        # One statement finds every site's due persons (a pass used to run one per site);
+        # they are then evaluated a chunk at a time, several sites per chunk.
         now = self.now_ms()
-        for site in self._definitions.sites():
-            since = self._last_due.get(site, now - _DUE_LOOKBACK_MS)
-            rows = await self._store.query(
-                f"SELECT DISTINCT person_id FROM {self._store.database}.audience_due "
-                "WHERE site_id = {s:String} AND due_at > {a:Int64} AND due_at <= {b:Int64}",
-                {"s": site, "a": since, "b": now},
-            )
+        sites = self._definitions.sites()
+        if not sites:
+            return
+        since = [self._last_due.get(site, now - _DUE_LOOKBACK_MS) for site in sites]
+        rows = await self._store.query(
+            f"SELECT DISTINCT site_id, person_id FROM {self._store.database}.audience_due "
+            "WHERE site_id IN {s:Array(String)} AND due_at > {lo:Int64} AND due_at <= {b:Int64} "
+            "AND due_at > {a:Array(Int64)}[indexOf({s:Array(String)}, site_id)]",
+            {"s": sites, "a": since, "lo": min(since), "b": now},
+        )
+        for site in sites:
             self._last_due[site] = now
-            persons = sorted(str(r[0]) for r in rows)
-            for i in range(0, len(persons), _CHUNK):
-                chunk = set(persons[i : i + _CHUNK])
-                # The lock a chunk at a time: a round waits for one chunk, not the pass.
-                async with self._lock:
-                    await self._settle_doubt()
-                    await self._evaluator.persons(site, chunk, token=f"due:{site}:{now}:{i}")
+        due = sorted((str(site), str(person)) for site, person in rows)
+        for i in range(0, len(due), _CHUNK):
+            chunk: dict[str, tuple[set[str], None]] = {}
+            for site, person in due[i : i + _CHUNK]:
+                chunk.setdefault(site, (set(), None))[0].add(person)
+            # The lock a chunk at a time: a round waits for one chunk, not the pass.
+            async with self._lock:
+                await self._settle_doubt()
+                token = f"due:{now}:{i}"
+                outcome = await self._evaluator.assess_sites(chunk, token=token)
+                await self._evaluator.commit(outcome, token=token)
 
     # -- admin operations -----------------------------------------------------------------
 

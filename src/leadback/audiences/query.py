@@ -31,7 +31,15 @@ from typing import Literal
 from leadback.audiences.compiler import NEVER, NOW, CompiledRule, Need, compile_rule
 from leadback.audiences.predicates import literal
 from leadback.audiences.rules import AudienceSpec
-from leadback.audiences.signals import ELIGIBLE, Signal, any_event, by_id, entries_sql
+from leadback.audiences.signals import (
+    ELIGIBLE,
+    ROW_COLUMNS,
+    Signal,
+    any_event,
+    by_id,
+    entries_select,
+)
+from leadback.store.literals import as_set
 
 Source = Literal["signals", "events"]
 
@@ -132,18 +140,14 @@ def _merged(db: str, signals: frozenset[Signal], *, incremental: bool, source: S
     LEFT ANY JOIN {identities} ON s.visitor_id = idm.visitor_id
     WHERE s.site_id = {{site:String}}{sfilter} AND s.signal IN {_ids(signals)}
     GROUP BY person, signal, product"""
+    source_rows = f"{db}.events WHERE site_id = {{site:String}}{ifilter} AND {ELIGIBLE}"
     return f"""
     SELECT if(idm.person_id != '', idm.person_id, e.visitor_id) AS person, e.signal AS signal,
         e.product AS product, arrayMap(x -> x.1, groupUniqArrayIf((e.t, e.h), e.keep = 1)) AS ts,
         max(e.t) AS last_t
     FROM (
         SELECT visitor_id, t, h, entry.1 AS signal, entry.2 AS product, entry.3 AS keep
-        FROM (
-            SELECT site_id, visitor_id, toUnixTimestamp64Milli(occurred_at) AS t,
-                cityHash64(event_id) AS h, {entries_sql(signals)}
-            FROM {db}.events
-            WHERE site_id = {{site:String}}{ifilter} AND {ELIGIBLE}
-        ) ARRAY JOIN entries AS entry
+        FROM ({entries_select(signals, ROW_COLUMNS, source_rows)}) ARRAY JOIN entries AS entry
     ) AS e
     LEFT ANY JOIN {identities} ON e.visitor_id = idm.visitor_id
     GROUP BY person, signal, product"""
@@ -237,14 +241,15 @@ WHERE site_id = {{site:String}} AND audience_id IN {_array(audience_ids)}{pfilte
 
 
 def memberships_sql(db: str, person_ids: str) -> str:
-    """The stored memberships of ``person_ids`` (an ``Array(String)`` literal) in
+    """The stored memberships of ``person_ids`` (an ``Array(String)`` expression,
+    :func:`leadback.store.literals.strings`) in
     ``audiences`` ((site, audience) pairs), of any number of sites: (site_id, audience_id,
     person_id, state, version, entered_at, products). The same person id on two sites comes
     back for both; the caller keeps the pairs it asked for."""
     return f"""SELECT site_id, audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
 WHERE (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}
-    AND person_id IN {person_ids}"""
+    AND person_id IN {as_set(person_ids)}"""
 
 
 def _anchor(spec: AudienceSpec) -> Signal:

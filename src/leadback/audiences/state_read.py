@@ -28,12 +28,12 @@ from leadback.audiences.signals import Signal, by_id
 
 def state_sql(db: str, persons: str) -> str:
     """The statement for ``persons``: who, of any sites, as an ``Array(Tuple(String, String))``
-    literal of (site, person) pairs (:func:`leadback.store.literals.string_pairs`).
+    expression of (site, person) pairs (:func:`leadback.store.literals.string_pairs`).
     Parameters: ``now``; ``since`` (times up to it are past the events TTL, and a row whose
     latest time is goes, as the TTL will delete it); ``signals``; ``need_ids`` /
     ``need_window`` / ``need_latest`` (what a signal keeps when it is not read whole);
     ``th_sites`` / ``th_values`` (each site's thresholds)."""
-    # The persons' literal once (ClickHouse parses it once): `wanted`. `seen`: every visitor id
+    # The persons once: `wanted`. `seen`: every visitor id
     # that is or was one of theirs, their own and those an identity row names (`person_idx`
     # finds them); visitors merged elsewhere since fall to the HAVING.
     return f"""WITH

@@ -11,6 +11,7 @@ import orjson
 
 from leadback.events import datetime_ms, format_ms
 from leadback.store.client import ClickHouseStore
+from leadback.store.literals import as_set, string_pairs
 
 
 @dataclass
@@ -32,18 +33,25 @@ class ContactBook:
     async def save(self, site: str, updates: Mapping[str, ContactUpdate], *, token: str) -> None:
         """Merge each visitor's new traits over the stored ones; ``token`` names the round (a
         replayed round's write is dropped as a duplicate)."""
-        if not updates:
+        await self.save_sites({site: updates}, token=token)
+
+    async def save_sites(
+        self, updates: Mapping[str, Mapping[str, ContactUpdate]], *, token: str
+    ) -> None:
+        """:meth:`save` for several sites (site -> visitor -> update): one read, one insert."""
+        pairs = sorted((site, v) for site, by_visitor in updates.items() for v in by_visitor)
+        if not pairs:
             return
         rows = await self._store.query(
-            "SELECT visitor_id, argMax(traits, updated_at), "
+            "SELECT site_id, visitor_id, argMax(traits, updated_at), "
             f"toUnixTimestamp64Milli(max(updated_at)) FROM {self._db}.contacts "
-            "WHERE site_id = {s:String} AND visitor_id IN {v:Array(String)} GROUP BY visitor_id",
-            {"s": site, "v": sorted(updates)},
+            f"WHERE (site_id, visitor_id) IN {as_set(string_pairs(pairs))} "
+            "GROUP BY site_id, visitor_id"
         )
-        known = {str(r[0]): (orjson.loads(r[1]), int(r[2])) for r in rows}
+        known = {(str(r[0]), str(r[1])): (orjson.loads(r[2]), int(r[3])) for r in rows}
         body = b"\n".join(
-            orjson.dumps(_merged(site, visitor, u, known.get(visitor)))
-            for visitor, u in sorted(updates.items())
+            orjson.dumps(_merged(site, v, updates[site][v], known.get((site, v))))
+            for site, v in pairs
         )
         await self._store.insert_json_rows("contacts", body, dedup_token=f"contacts:{token}")
 

@@ -15,14 +15,14 @@ them; everything per event stays in ClickHouse.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 
 from leadback.clock import Clock, SystemClock
 from leadback.store.client import ClickHouseStore
-from leadback.store.literals import string_pairs
+from leadback.store.literals import as_set, string_pairs
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,8 @@ class IdentityGraph:
             return found
         rows = await self._store.query(
             f"SELECT site_id, visitor_id, argMax(person_id, version) FROM {self._db}.identities "
-            f"WHERE (site_id, visitor_id) IN {string_pairs(pairs)} GROUP BY site_id, visitor_id"
+            f"WHERE (site_id, visitor_id) IN {as_set(string_pairs(pairs))} "
+            "GROUP BY site_id, visitor_id"
         )
         for site, visitor, person in rows:
             found[str(site)][str(visitor)] = str(person)
@@ -82,64 +83,72 @@ class IdentityGraph:
 
     async def visitors_of(self, site: str, persons: Iterable[str]) -> dict[str, set[str]]:
         """person -> its visitor ids (the person id itself included)."""
-        wanted = sorted(set(persons))
-        found: dict[str, set[str]] = {p: {p} for p in wanted}
-        if not wanted:
+        return (await self.visitors_of_sites({site: persons}))[site]
+
+    async def visitors_of_sites(
+        self, persons: Mapping[str, Iterable[str]]
+    ) -> dict[str, dict[str, set[str]]]:
+        """:meth:`visitors_of` for several sites (site -> persons) in one statement."""
+        pairs = sorted({(site, p) for site, ps in persons.items() for p in ps})
+        found: dict[str, dict[str, set[str]]] = {site: {} for site in persons}
+        for site, p in pairs:
+            found[site][p] = {p}
+        if not pairs:
             return found
+        # Rows naming a wanted person (the bloom index `person_idx` finds them), then each of
+        # those visitors' latest row: a visitor since moved elsewhere falls to the HAVING.
+        wanted = as_set(string_pairs(pairs))
         rows = await self._store.query(
-            f"SELECT visitor_id, person FROM (SELECT visitor_id, argMax(person_id, version) "
-            f"AS person FROM {self._db}.identities WHERE site_id = {{s:String}} "
-            "GROUP BY visitor_id) WHERE person IN {p:Array(String)}",
-            {"s": site, "p": wanted},
+            f"SELECT site_id, visitor_id, argMax(person_id, version) AS person "
+            f"FROM {self._db}.identities WHERE (site_id, visitor_id) IN (SELECT site_id, "
+            f"visitor_id FROM {self._db}.identities WHERE (site_id, person_id) IN {wanted}) "
+            f"GROUP BY site_id, visitor_id HAVING (site_id, person) IN {wanted}"
         )
-        for visitor, person in rows:
-            found[str(person)].add(str(visitor))
+        for site, visitor, person in rows:
+            found[str(site)][str(person)].add(str(visitor))
         return found
 
     async def apply(self, site: str, links: list[Link], *, token: str) -> tuple[set[str], set[str]]:
         """Apply links in order; return (persons that lost visitors, visitors that moved).
         ``token`` names the round the links came from (a replayed round writes nothing new)."""
-        if not links:
-            return set(), set()
-        ids = {link.visitor for link in links} | {link.target for link in links}
-        ids |= {f"u:{link.visitor}" for link in links if link.merge}
-        person = await self.persons_of(site, ids)
-        pending = [
-            link for link in links if link.merge or person[link.visitor] != person[link.target]
-        ]
+        return (await self.apply_sites({site: links}, token=token))[site]
+
+    async def apply_sites(
+        self, links: Mapping[str, Sequence[Link]], *, token: str
+    ) -> dict[str, tuple[set[str], set[str]]]:
+        """:meth:`apply` for several sites (site -> links, each in order): one lookup of the
+        persons, one of their visitors and one insert, whatever the number of sites."""
+        out: dict[str, tuple[set[str], set[str]]] = {site: (set(), set()) for site in links}
+        ids: dict[str, set[str]] = {}
+        for site, site_links in links.items():
+            wanted = ids.setdefault(site, set())
+            for link in site_links:
+                wanted.update((link.visitor, link.target))
+                if link.merge:
+                    wanted.add(f"u:{link.visitor}")
+        persons = await self.persons_of_sites(ids)
+        pending: dict[str, list[Link]] = {}
+        olds: dict[str, set[str]] = {}
+        for site, site_links in links.items():
+            person = persons[site]
+            todo = [
+                link
+                for link in site_links
+                if link.merge or person[link.visitor] != person[link.target]
+            ]
+            if todo:
+                pending[site] = todo
+                olds[site] = {person[link.visitor] for link in todo} | {
+                    person[f"u:{link.visitor}"] for link in todo if link.merge
+                }
         if not pending:
-            return set(), set()
-        olds = {person[link.visitor] for link in pending}
-        olds |= {person[f"u:{link.visitor}"] for link in pending if link.merge}
-        members = await self.visitors_of(site, olds)
-        moved: dict[str, str] = {}
-        lost: set[str] = set()
-
-        def move(visitors: Iterable[str], target: str, old: str) -> None:
-            for v in visitors:
-                if person.get(v) != target:
-                    person[v] = target
-                    moved[v] = target
-            members.setdefault(target, {target}).update(visitors)
-            lost.add(old)
-
-        for link in pending:
-            target = person[link.target]
-            sources = [person[link.visitor]]
-            if link.merge:
-                sources.append(person[f"u:{link.visitor}"])
-            for old in sources:
-                if old == target:
-                    continue
-                group = members.pop(old, {old})
-                if link.merge or not old.startswith("u:"):
-                    move(group, target, old)
-                else:
-                    # A device shared with another user: only this visitor changes hands.
-                    move([link.visitor], target, old)
-                    members[old] = group - {link.visitor}
-        if moved:
-            rows = b"\n".join(
+            return out
+        members = await self.visitors_of_sites(olds)
+        rows: list[bytes] = []
+        for site, todo in pending.items():
+            lost, moved = _moves(todo, persons[site], members[site])
+            out[site] = (lost, set(moved))
+            rows.extend(
                 orjson.dumps(
                     {
                         "site_id": site,
@@ -150,10 +159,11 @@ class IdentityGraph:
                 )
                 for v, p in sorted(moved.items())
             )
+        if rows:
             await self._store.insert_json_rows(
-                "identities", rows, dedup_token=f"identities:{site}:{token}"
+                "identities", b"\n".join(rows), dedup_token=f"identities:{token}"
             )
-        return lost, set(moved)
+        return out
 
     async def forget(self, site: str, visitors: Iterable[str]) -> None:
         """Erase the rows of these visitors (erasure requests)."""
@@ -178,3 +188,37 @@ def links_from_event(event: dict[str, object]) -> Link | None:
     if isinstance(anonymous_id, str) and anonymous_id:
         return Link(anonymous_id, user_id)
     return None
+
+
+def _moves(
+    links: Sequence[Link], person: dict[str, str], members: dict[str, set[str]]
+) -> tuple[set[str], dict[str, str]]:
+    """Apply one site's pending links in order to ``person`` (visitor -> person) and
+    ``members`` (person -> visitors); return (persons that lost visitors, visitor -> new person)."""
+    moved: dict[str, str] = {}
+    lost: set[str] = set()
+
+    def move(visitors: Iterable[str], target: str, old: str) -> None:
+        for v in visitors:
+            if person.get(v) != target:
+                person[v] = target
+                moved[v] = target
+        members.setdefault(target, {target}).update(visitors)
+        lost.add(old)
+
+    for link in links:
+        target = person[link.target]
+        sources = [person[link.visitor]]
+        if link.merge:
+            sources.append(person[f"u:{link.visitor}"])
+        for old in sources:
+            if old == target:
+                continue
+            group = members.pop(old, {old})
+            if link.merge or not old.startswith("u:"):
+                move(group, target, old)
+            else:
+                # A device shared with another user: only this visitor changes hands.
+                move([link.visitor], target, old)
+                members[old] = group - {link.visitor}
+    return lost, moved

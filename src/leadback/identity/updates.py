@@ -6,7 +6,7 @@ bulk by :mod:`leadback.audiences.digest`'s byte scans; everything per event stay
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ class IdentityChanges:
 
 
 class IdentityUpdater:
-    """Applies the identity events of one site's round."""
+    """Applies the identity events of a round, for every site in it at once."""
 
     def __init__(self, graph: IdentityGraph, contacts: ContactBook) -> None:
         self._graph = graph
@@ -35,25 +35,38 @@ class IdentityUpdater:
         self, site: str, events: Sequence[dict[str, Any]], *, token: str
     ) -> IdentityChanges:
         """Save the events' traits and apply their links, in event order."""
-        links: list[Link] = []
-        updates: dict[str, ContactUpdate] = {}
-        for e in events:
-            link = links_from_event(e)
-            if link is not None:
-                links.append(link)
-            traits = e.get("traits")
-            if isinstance(traits, dict) and traits:
-                visitor = str(e["visitor_id"])
-                # When the visitor gave them: the event time (records written before it
-                # existed have only received_at). Canonical timestamps compare as strings.
-                at = str(e.get("occurred_at") or e["received_at"])
-                update = updates.get(visitor)
-                if update is None:
-                    update = updates[visitor] = ContactUpdate(e.get("user_id") or "", at)
-                update.traits.update(traits)
-                update.at = max(update.at, at)
-        await self._contacts.save(site, updates, token=token)
-        if not links:
-            return IdentityChanges(set(), set(), 0)
-        lost, moved = await self._graph.apply(site, links, token=token)
-        return IdentityChanges(lost, moved, len(links))
+        return (await self.apply_sites({site: events}, token=token))[site]
+
+    async def apply_sites(
+        self, events: Mapping[str, Sequence[dict[str, Any]]], *, token: str
+    ) -> dict[str, IdentityChanges]:
+        """:meth:`apply` for several sites (site -> its events): a statement or two per step
+        whatever the number of sites."""
+        links: dict[str, list[Link]] = {}
+        updates: dict[str, dict[str, ContactUpdate]] = {}
+        for site, site_events in events.items():
+            site_links = links[site] = []
+            site_updates = updates[site] = {}
+            for e in site_events:
+                link = links_from_event(e)
+                if link is not None:
+                    site_links.append(link)
+                traits = e.get("traits")
+                if isinstance(traits, dict) and traits:
+                    visitor = str(e["visitor_id"])
+                    # When the visitor gave them: the event time (records written before it
+                    # existed have only received_at). Canonical timestamps compare as strings.
+                    at = str(e.get("occurred_at") or e["received_at"])
+                    update = site_updates.get(visitor)
+                    if update is None:
+                        update = site_updates[visitor] = ContactUpdate(e.get("user_id") or "", at)
+                    update.traits.update(traits)
+                    update.at = max(update.at, at)
+        await self._contacts.save_sites(updates, token=token)
+        applied = await self._graph.apply_sites(
+            {site: site_links for site, site_links in links.items() if site_links}, token=token
+        )
+        return {
+            site: IdentityChanges(*applied.get(site, (set(), set())), len(links[site]))
+            for site in events
+        }

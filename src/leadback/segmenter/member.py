@@ -28,6 +28,7 @@ class SegmenterStats:
     events_quarantined: int
     observer_failures: int
     last_insert_seconds: float
+    last_round_seconds: float
 
 
 class Segmenter:
@@ -84,6 +85,7 @@ class Segmenter:
             events_quarantined=self._writer.events_quarantined,
             observer_failures=self._writer.observer_failures,
             last_insert_seconds=loop.last_write_seconds,
+            last_round_seconds=loop.last_round_seconds,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -98,6 +98,13 @@ def samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
         "counter",
         st.events_quarantined,
     )
+    yield Sample("leadback_segmenter_rounds", "rounds settled and committed", "counter", st.rounds)
+    yield Sample(
+        "leadback_segmenter_last_round_seconds",
+        "duration of the last round, from its first write to its commit",
+        "gauge",
+        st.last_round_seconds,
+    )
     yield Sample(
         "leadback_segmenter_last_insert_seconds",
         "duration of the last insert round (intents and events)",

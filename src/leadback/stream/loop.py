@@ -53,6 +53,7 @@ class LoopStats:
     rounds: int = 0
     retries: int = 0
     last_write_seconds: float = 0.0
+    last_round_seconds: float = 0.0  # from a round's first write to its commit
 
 
 class StreamLoop:
@@ -323,6 +324,7 @@ class StreamLoop:
             if batch.replay is not None:
                 self.stats.batches_replayed += 1
         self.stats.rounds += 1
+        self.stats.last_round_seconds = self._clock.monotonic() - self._unsettled_since
 
     # -- back-pressure --------------------------------------------------------------------
 
