@@ -34,12 +34,24 @@ class ChangeRecord(TypedDict):
 
 
 _DAYS: dict[int, str] = {}
+_STAMPS: dict[int, str] = {}
 
 
 def ms_timestamp(ms: int) -> str:
     """Unix milliseconds -> ``2026-11-23T07:00:00.123Z``, the canonical form (``format_ts``).
-    The date is cached per day and the time computed: ``entered_at`` of members who entered
-    during a backfill spread over days, where a cache per second or minute keeps missing."""
+    Remembered: the changes of a round share their time (thousands per round)."""
+    found = _STAMPS.get(ms)
+    if found is None:
+        if len(_STAMPS) >= 65_536:
+            _STAMPS.clear()
+        found = _STAMPS[ms] = _format_ms(ms)
+    return found
+
+
+def _format_ms(ms: int) -> str:
+    """:func:`ms_timestamp` computed. The date is cached per day and the time computed:
+    ``entered_at`` of members who entered during a backfill spread over days, where a cache per
+    second or minute keeps missing."""
     day, rest = divmod(ms, 86_400_000)
     prefix = _DAYS.get(day)
     if prefix is None:

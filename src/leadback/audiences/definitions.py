@@ -27,6 +27,8 @@ class LoadedAudiences:
         self._wanted: frozenset[str] | None = None
         self._signals: dict[tuple[str, str, int], frozenset[Signal]] = {}
         self._complete: frozenset[int] = frozenset()
+        # Per site, its live audiences: asked for on every round and every /metrics scrape.
+        self._live: dict[str, list[StoredAudience]] = {}
 
     def load(self, stored: Sequence[StoredAudience]) -> None:
         """Take the stored definitions (deleted ones are left out); drop the caches if any
@@ -41,10 +43,14 @@ class LoadedAudiences:
             self._triggers.clear()
             self._signals.clear()
             self._wanted = None
+            self._live.clear()
 
     def set_complete(self, signal_ids: set[int] | frozenset[int]) -> None:
         """The signals whose state holds all stored history (the rest are being filled)."""
-        self._complete = frozenset(signal_ids)
+        complete = frozenset(signal_ids)
+        if complete != self._complete:
+            self._complete = complete
+            self._live.clear()
 
     def signals_of(self, audience: StoredAudience) -> frozenset[Signal]:
         """The signals ``audience``'s rule reads (with those of audiences it refers to)."""
@@ -69,7 +75,14 @@ class LoadedAudiences:
 
     def live(self, site: str) -> list[StoredAudience]:
         """Active audiences of ``site`` that are live."""
-        return [a for a in self._by_site.get(site, []) if self.is_live(a)]
+        found = self._live.get(site)
+        if found is None:
+            found = self._live[site] = [a for a in self._by_site.get(site, []) if self.is_live(a)]
+        return list(found)
+
+    def not_live(self) -> int:
+        """Active audiences not live yet (signals being backfilled)."""
+        return sum(len(active) - len(self.live(site)) for site, active in self._by_site.items())
 
     def sites(self) -> list[str]:
         """Sites with at least one active audience, sorted."""

@@ -180,7 +180,7 @@ class AudienceEngine:
 
     def not_live(self) -> int:
         """Active audiences not evaluated as events arrive yet (signals being backfilled)."""
-        return sum(not self._definitions.is_live(a) for a in self._all_active())
+        return self._definitions.not_live()
 
     async def refreshed(self) -> None:
         """Wait until the refresh in progress (if any) is over; raise what stopped it."""

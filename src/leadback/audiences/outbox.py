@@ -86,7 +86,7 @@ class ChangeOutbox:
         if changes:
             await self._store.insert_json_rows(
                 "audience_changes",
-                b"\n".join(orjson.dumps(c) for c in changes),
+                orjson.dumps(changes),  # JSONEachRow takes an array of rows: one call
                 dedup_token=f"changes:{token}",
             )
         if memberships:

@@ -13,6 +13,7 @@ Campaigns created after a person entered do not enroll them retroactively.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
@@ -32,8 +33,9 @@ from leadback.stream.handler import Retrying
 log = get_logger(__name__)
 
 
+@functools.lru_cache(maxsize=65_536)
 def parse_ms(text: str) -> int:
-    """``2026-11-23T07:00:00.123Z`` -> Unix ms."""
+    """``2026-11-23T07:00:00.123Z`` -> Unix ms (remembered: a round's changes share a time)."""
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
 
