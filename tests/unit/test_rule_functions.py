@@ -9,9 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leadback.audiences.predicates import match_sql
+from leadback.audiences.program import build_program
+from leadback.audiences.query import VersionedAudience
 from leadback.audiences.rule_functions import SignalState, rule_function
 from leadback.audiences.rules import AudienceSpec, parse_audience
 from leadback.audiences.signals import Signal, any_event
+from leadback.audiences.state_read import PersonStates
 from tests.audience_reference import (
     TYPES,
     Event,
@@ -92,3 +95,40 @@ def test_then_not_within_counts_a_did_exactly_span_ago() -> None:
     assert holds(spec.rule, evs, 16_000)
     assert rule_function(spec, {})(state, 16_000)
     assert not rule_function(spec, {})(state, 15_999)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=st.lists(conditions, min_size=1, max_size=4),
+    histories=st.lists(events, min_size=1, max_size=3),
+    now=st.integers(3, 15),
+)
+def test_a_program_answers_like_each_rule_alone(
+    rules: list[dict[str, Any]],
+    histories: list[list[tuple[int, str, dict[str, Any]]]],
+    now: int,
+) -> None:
+    """The program skips the rules a person holds none of the signals of (their answer is the
+    empty state's): the members are those of every rule called on every person's state, where
+    a state holds only the signals that matched an event (as the state read returns them)."""
+    specs = [parse_audience({"id": f"a{i}", "site": "s", "rule": r}) for i, r in enumerate(rules)]
+    by_id = {s.id: s for s in specs}
+    program = build_program("db", [VersionedAudience(s, 1) for s in specs], by_id)
+    states = PersonStates()
+    for i, history in enumerate(histories):
+        evs: list[Event] = [(t * 1000, etype, props) for t, etype, props in history]
+        state = SignalState()
+        for spec in specs:
+            for sig, ts in _state(spec, evs, now * 1000).times.items():
+                if ts:
+                    state.times[sig], state.last[sig] = ts, max(ts)
+        anchor = any_event("s", None).id
+        state.times[anchor], state.last[anchor] = [], max(e[0] for e in evs)
+        states.persons[f"p{i}"] = state
+    expected = {
+        (spec.id, person): ()
+        for spec in specs
+        for person, state in states.persons.items()
+        if rule_function(spec, by_id)(state, now * 1000)
+    }
+    assert program.members(states, now * 1000) == expected

@@ -240,6 +240,8 @@ class CompiledRule:
     thresholds: frozenset[int]
     signals: frozenset[Signal]
     needs: tuple[tuple[Signal, Need], ...] = ()
+    #: The signals the rule itself reads (``signals`` also has the any-event one, always).
+    reads: frozenset[Signal] = frozenset()
 
 
 def compile_rule(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) -> CompiledRule:
@@ -249,6 +251,7 @@ def compile_rule(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) ->
     expression = _cond(spec.rule, ctx)
     if spec.ttl is not None:
         ctx.thresholds.add(spec.ttl)
+    reads = frozenset(ctx.signals)
     # Every evaluated person has some event: the any-event signal is what makes them a row.
     ctx.last()
     return CompiledRule(
@@ -257,6 +260,7 @@ def compile_rule(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) ->
         frozenset(ctx.thresholds),
         frozenset(ctx.signals),
         tuple(ctx.needs.items()),
+        reads,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from leadback.audiences.compiler import NEVER, Need, compile_rule
 from leadback.audiences.query import VersionedAudience
-from leadback.audiences.rule_functions import Test, rule_function
+from leadback.audiences.rule_functions import SignalState, Test, rule_function
 from leadback.audiences.rules import AudienceSpec
 from leadback.audiences.signals import Signal, any_event
 from leadback.audiences.state_read import PersonStates, state_params
@@ -29,26 +29,38 @@ class EvaluationProgram:
     (:func:`~.state_read.state_sql`); a test per audience."""
 
     params: dict[str, Any]
-    person_tests: tuple[tuple[str, Test], ...]
-    #: (audience id, the any-event signal of its product key, test)
-    product_tests: tuple[tuple[str, int, Test], ...]
+    #: (audience id, test, the signal ids its rule reads)
+    person_tests: tuple[tuple[str, Test, frozenset[int]], ...]
+    #: (audience id, the any-event signal of its product key, test, the signal ids it reads)
+    product_tests: tuple[tuple[str, int, Test, frozenset[int]], ...]
     thresholds: frozenset[int]
     signals: frozenset[Signal]
 
     def members(self, states: PersonStates, now: int) -> dict[Key, tuple[str, ...]]:
         """The qualifying (audience, person) pairs with their products (empty for
-        person-level audiences)."""
+        person-level audiences).
+
+        A rule reads only its own signals, and a signal a state lacks reads as empty: a state
+        with none of them gets the answer of the empty state, computed once per audience
+        (with 25 audiences a site, most persons have the signals of a few)."""
         found: dict[Key, tuple[str, ...]] = {}
+        empty = SignalState()
         if self.person_tests:
+            person_tests = [(a, t, ids, t(empty, now)) for a, t, ids in self.person_tests]
             for person, state in states.persons.items():
-                for audience_id, test in self.person_tests:
-                    if test(state, now):
+                held = state.last.keys()
+                for audience_id, test, ids, blank in person_tests:
+                    if test(state, now) if not held.isdisjoint(ids) else blank:
                         found[(audience_id, person)] = ()
         if self.product_tests:
+            product_tests = [(a, k, t, ids, t(empty, now)) for a, k, t, ids in self.product_tests]
             chosen: dict[Key, list[str]] = {}
             for (person, product), state in states.products.items():
-                for audience_id, anchor, test in self.product_tests:
-                    if anchor in state.last and test(state, now):
+                held = state.last.keys()
+                for audience_id, anchor, test, ids, blank in product_tests:
+                    if anchor not in held:
+                        continue
+                    if test(state, now) if not held.isdisjoint(ids) else blank:
                         chosen.setdefault((audience_id, person), []).append(product)
             for key, products in chosen.items():
                 found[key] = tuple(sorted(products))
@@ -74,15 +86,16 @@ def build_program(
     for rule in rules:
         for signal, need in rule.needs:
             needs[signal] = needs.get(signal, need).merge(need)
-    person_tests: list[tuple[str, Test]] = []
-    product_tests: list[tuple[str, int, Test]] = []
-    for a in evaluate:
+    person_tests: list[tuple[str, Test, frozenset[int]]] = []
+    product_tests: list[tuple[str, int, Test, frozenset[int]]] = []
+    for a, rule in zip(evaluate, rules, strict=True):
         test = rule_function(a.spec, site_audiences)
+        ids = frozenset(s.id for s in rule.reads)
         if a.spec.products is None:
-            person_tests.append((a.spec.id, test))
+            person_tests.append((a.spec.id, test, ids))
         else:
             anchor = any_event(a.spec.site, a.spec.products.property).id
-            product_tests.append((a.spec.id, anchor, test))
+            product_tests.append((a.spec.id, anchor, test, ids))
     return EvaluationProgram(
         params=state_params(signals, needs, thresholds),
         person_tests=tuple(person_tests),
