@@ -245,10 +245,15 @@ def memberships_sql(db: str, person_ids: str) -> str:
     :func:`leadback.store.literals.strings`) in
     ``audiences`` ((site, audience) pairs), of any number of sites: (site_id, audience_id,
     person_id, state, version, entered_at, products). The same person id on two sites comes
-    back for both; the caller keeps the pairs it asked for."""
+    back for both; the caller keeps the pairs it asked for.
+
+    The condition is a ``PREWHERE``: it reads only sorting-key columns, so every version of a
+    membership passes it or none does, and ``FINAL`` then merges only the rows it kept (without
+    it ``FINAL`` merged every row of the audiences first: 599 against 97 ms for 3,000 persons
+    in 5M memberships)."""
     return f"""SELECT site_id, audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
-WHERE (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}
+PREWHERE (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}
     AND person_id IN {as_set(person_ids)}"""
 
 
