@@ -7,7 +7,7 @@ module holds one job. Import them from :mod:`leadback.settings`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -74,6 +74,15 @@ class AudienceSettings(BaseModel):
     enabled: bool = Field(True, description="evaluate audiences after each batch and on a timer")
     timer_interval_ms: int = Field(
         1000, ge=50, le=60_000, description="timer pass: due persons, rule changes"
+    )
+    state_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="keep the signal state and memberships of recent persons in memory: a "
+        "round then reads only what its events added. Only right when one segmenter writes the "
+        "store (auto: on with chDB, which one process owns; on: you run one segmenter)",
+    )
+    state_cache_persons: int = Field(
+        100_000, ge=0, le=10_000_000, description="persons the state cache holds (least recent go)"
     )
 
 

@@ -27,7 +27,15 @@ from leadback.audiences.rules import (
     parse_audience,
 )
 from leadback.audiences.signals import Signal
-from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
+from leadback.audiences.state_cache import trim
+from leadback.audiences.state_read import (
+    PersonStates,
+    StateRead,
+    derive,
+    read_rows,
+    state_params,
+    state_sql,
+)
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
 from leadback.store.migrations import migrate
@@ -111,7 +119,14 @@ async def test_signal_state_answers_like_the_raw_events(
         await backfill.fill(site, signals, since_ms=int(T0 * 1000), rows_per_range=5)
     # Moments on a window's edge too: an event exactly 1h or 2d old.
     edges = [history[0][2] + 3600, history[-1][2] + 2 * DAY] if history else []
-    for now in (T0 + 2 * DAY, T0 + 9.5 * DAY, T0 + 30 * DAY, *edges):
+    moments = sorted((T0 + 2 * DAY, T0 + 9.5 * DAY, T0 + 30 * DAY, *edges))
+    # The state as a segmenter's cache holds it: read at the first moment (trimmed to what
+    # the rules may read from then on), answering at every later one.
+    early = await _read(db, program, site, moments[0])
+    for rows in early.rows.values():
+        for (signal, _), row in rows.items():
+            trim(row, signal, program.keep, int(moments[0] * 1000), 0)
+    for now in moments:
         found = await _rows(db, on_state.members, site, now)
         assert found == await _rows(db, on_events.members, site, now)
         # And both are what the rules say, read the slow way in Python.
@@ -119,21 +134,29 @@ async def test_signal_state_answers_like_the_raw_events(
         assert members == reference(specs, history, int(now * 1000))
         # The engine's way: the fixed state statement, the rules as Python functions.
         dues = {(p, d) for a, p, _, d in found if not a}
-        assert await _program_answer(db, program, site, now) == (members, dues)
+        read = await _read(db, program, site, now)
+        assert _answer(program, read, site, now) == (members, dues)
+        assert _answer(program, early, site, now) == (members, dues)
 
 
-async def _program_answer(
+PERSONS = ("v1", "v2", "v3")
+
+
+async def _read(
     store: ClickHouseStore, program: EvaluationProgram, site: str, now: float
+) -> StateRead:
+    params = {**state_params({site: program.keep}), "now": int(now * 1000), "since": 0, "bound": 0}
+    cold = string_pairs([(site, v) for v in PERSONS])
+    return read_rows(await store.query(state_sql(store.database, cold, string_pairs([])), params))
+
+
+def _answer(
+    program: EvaluationProgram, read: StateRead, site: str, now: float
 ) -> tuple[set[tuple[str, str, tuple[str, ...]]], set[tuple[str, int]]]:
     at = int(now * 1000)
-    params = {
-        **site_params({site: program.params}),
-        "now": at,
-        "since": 0,
-    }
-    persons = string_pairs([(site, v) for v in ("v1", "v2", "v3")])
-    rows = await store.query(state_sql(store.database, persons), params)
-    states = group_states(rows).get(site, PersonStates())
+    states = PersonStates()
+    for person in PERSONS:
+        derive(person, read.rows.get((site, person), {}), program.keep, at, 0, states)
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())
 

@@ -3,15 +3,17 @@ rows, changes and due times handed to the outbox.
 
 One fixed statement reads the persons' signal state, of every site a round touched
 (:mod:`~.state_read`), another their stored memberships; the rules run on the state as compiled
-functions (:mod:`~.program`). It also gives each person the next moment
-their audiences could change with no new event (``audience_due``, read by the timer pass).
+functions (:mod:`~.program`). It also gives each person the next moment their audiences could
+change with no new event (``audience_due``, read by the timer pass). With a
+:class:`~.state_cache.StateCache`, persons read before (warm) read only the rows stored since
+and take their memberships from the cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -20,19 +22,27 @@ from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import memberships_sql
 from leadback.audiences.repository import StoredAudience
-from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
+from leadback.audiences.state_cache import Entry, StateCache, merge
+from leadback.audiences.state_read import PersonStates, derive, read_rows, state_params, state_sql
 from leadback.clock import Clock
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs, strings
 
+#: How an evaluation uses the state cache: a round's (advances its bound), a timer pass's,
+#: or none (refreshes, erasure: their writes drop the cache).
+CacheUse = Literal["round", "timer"] | None
+
 
 @dataclass
 class Outcome:
-    """What an evaluation found, to write: change records, membership rows, due times."""
+    """What an evaluation found, to write: change records, membership rows, due times, and
+    (``cached``) the memberships to set in the state cache once written; None: the writes go
+    around the cache, which is dropped."""
 
     changes: list[dict[str, Any]] = field(default_factory=list)
     memberships: list[bytes] = field(default_factory=list)
     dues: list[bytes] = field(default_factory=list)
+    cached: list[tuple[str, str, str, Stored]] | None = None
 
 
 class Evaluator:
@@ -46,7 +56,9 @@ class Evaluator:
         *,
         clock: Clock,
         stats: AudienceStats,
+        cache: StateCache | None = None,
     ) -> None:
+        self.cache = cache if cache is not None else StateCache(0)
         self._store = store
         self._db = store.database
         self._definitions = definitions
@@ -94,46 +106,110 @@ class Evaluator:
         *,
         token: str,
         exit_reason: str = "no_longer_qualifies",
+        cached: CacheUse = None,
     ) -> Outcome:
         """The transitions of the persons of several sites (site -> (persons, audiences;
         None: the live ones)), not written yet: a round gathers every site's and commits them
-        once. Two statements whatever the number of sites: their state, their memberships."""
+        once. Two statements whatever the number of sites: their state, their memberships
+        (``cached``: warm persons read only new rows and no memberships; the audiences must
+        be live ones)."""
         work: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
         for site, (persons, audiences) in requests.items():
             evaluate = self._definitions.live(site) if audiences is None else audiences
             if persons and evaluate:
                 work[site] = (persons, evaluate)
-        outcome = Outcome()
+        cache = self.cache if cached is not None and self.cache.enabled else None
+        outcome = Outcome(cached=[] if cache is not None else None)
         if not work:
             return outcome
         started = self._clock.monotonic()
         programs = {site: self._definitions.program(site, ev) for site, (_, ev) in work.items()}
-        now = self.now_ms()
-        pairs = [(site, p) for site, (persons, _) in sorted(work.items()) for p in sorted(persons)]
-        params: dict[str, Any] = {
-            **site_params({site: program.params for site, program in programs.items()}),
-            "now": now,
-            "since": now - self._store.settings.events_ttl_days * 86_400_000,
+        # What the statement reads: with the cache, what every live audience of the site may
+        # read (an entry serves later rounds' other audiences too).
+        wide = {
+            site: self._definitions.program(site, self._definitions.live(site))
+            if cache is not None
+            else programs[site]
+            for site in work
         }
-        states = group_states(
-            await self._store.query(state_sql(self._db, string_pairs(pairs)), params)
+        now = self.now_ms()
+        since = now - self._store.settings.events_ttl_days * 86_400_000
+        warm: dict[tuple[str, str], Entry] = {}
+        cold: list[tuple[str, str]] = []
+        if cache is not None:
+            cache.sync(self._definitions.generation)
+        for site, (persons, _) in sorted(work.items()):
+            for p in sorted(persons):
+                entry = cache.get(site, p) if cache is not None else None
+                if entry is not None:
+                    warm[(site, p)] = entry
+                else:
+                    cold.append((site, p))
+        params: dict[str, Any] = {
+            **state_params({site: program.keep for site, program in wide.items()}),
+            "now": now,
+            "since": since,
+            "bound": cache.read_bound() if cache is not None else 0,
+        }
+        read = read_rows(
+            await self._store.query(
+                state_sql(self._db, string_pairs(cold), string_pairs(sorted(warm))), params
+            )
         )
-        audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
-        stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
-        for site, a, p, st, v, e, pr in await self._store.query(
-            memberships_sql(self._db, strings(sorted({p for _, p in pairs}))),
-            {"audiences": audience_pairs},
-        ):
-            if str(p) in work[str(site)][0]:
-                stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
+        if cached == "round" and cache is not None and read.clock:
+            cache.bound = read.clock
+        stored = await self._stored(work, cold, full=cache is not None)
         for site, (persons, evaluate) in sorted(work.items()):
-            site_states = states.get(site, PersonStates())
+            site_states = PersonStates()
             program = programs[site]
+            keep = program.keep
+            thresholds = wide[site].keep.thresholds
+            ids = frozenset(a.spec.id for a in evaluate)
+            site_stored: dict[tuple[str, str], Stored] = {}
+            of_person = stored.get(site, {})
+            # A warm person in a round: only the audiences reading a signal their new events
+            # changed can change (time-driven changes are the timer pass's).
+            changed: dict[str, frozenset[int]] = {}
+            for person in persons:
+                key = (site, person)
+                rows = read.rows.get(key, {})
+                memberships = of_person.get(person, {})
+                compared = ids
+                reads: frozenset[int] | None = None
+                fresh: frozenset[int] | None = None
+                if cache is not None:
+                    entry = warm.get(key)
+                    if entry is None:
+                        entry = Entry(rows, memberships)
+                    else:
+                        if cached == "round":
+                            fresh = changed[person] = frozenset(s for s, _ in rows)
+                            affected, reads = program.affected(fresh)
+                            compared = ids & affected
+                        merge(entry, rows, wide[site].keep, now, since)
+                        memberships = entry.memberships
+                    cache.put(site, person, entry)
+                    rows = entry.rows
+                for a in compared:
+                    held = memberships.get(a)
+                    if held is not None:
+                        site_stored[(a, person)] = held
+                derive(
+                    person,
+                    rows,
+                    keep,
+                    now,
+                    since,
+                    site_states,
+                    thresholds,
+                    signals=reads,
+                    due_from=fresh,
+                )
             self._outcome(
                 site,
                 evaluate,
-                program.members(site_states, now),
-                stored[site],
+                program.members(site_states, now, changed),
+                site_stored,
                 program.dues(site_states),
                 now=now,
                 token=token,
@@ -144,6 +220,34 @@ class Evaluator:
             self._stats.persons_evaluated += len(persons)
         self._stats.last_evaluation_seconds = self._clock.monotonic() - started
         return outcome
+
+    async def _stored(
+        self,
+        work: Mapping[str, tuple[set[str], Sequence[StoredAudience]]],
+        persons: Sequence[tuple[str, str]],
+        *,
+        full: bool,
+    ) -> dict[str, dict[str, dict[str, Stored]]]:
+        """The stored memberships (site -> person -> audience) of ``persons`` in the audiences
+        evaluated (``full``: in every live audience of their sites, for the cache)."""
+        stored: dict[str, dict[str, dict[str, Stored]]] = {site: {} for site in work}
+        if not persons:
+            return stored
+        audience_pairs = [
+            (site, a.spec.id)
+            for site, (_, ev) in work.items()
+            for a in (self._definitions.live(site) if full else ev)
+        ]
+        wanted = set(persons)
+        for site, a, p, st, v, e, pr in await self._store.query(
+            memberships_sql(self._db, strings(sorted({p for _, p in persons}))),
+            {"audiences": audience_pairs},
+        ):
+            if (str(site), str(p)) in wanted:
+                stored[str(site)].setdefault(str(p), {})[str(a)] = Stored(
+                    str(st), int(v), int(e), tuple(pr)
+                )
+        return stored
 
     def _outcome(
         self,
@@ -164,6 +268,15 @@ class Evaluator:
         versions = {a.spec.id: a.version for a in evaluate}
         found = transitions(qualifying, stored, ttl_ms=ttl, now=now, exit_reason=exit_reason)
         for tr in found:
+            if into.cached is not None:
+                into.cached.append(
+                    (
+                        site,
+                        tr.person,
+                        tr.audience_id,
+                        Stored(tr.state, tr.version, tr.entered_at, tr.products),
+                    )
+                )
             row = {
                 "site_id": site,
                 "audience_id": tr.audience_id,
@@ -193,7 +306,12 @@ class Evaluator:
             await self._store.insert_json_rows(
                 "audience_due", b"\n".join(outcome.dues), dedup_token=f"due:{token}"
             )
+        if outcome.cached is None and outcome.memberships:
+            # Written around the cache: what it holds of these persons may be wrong now.
+            self.cache.clear("memberships written around it")
         await self._outbox.write(token, outcome.changes, outcome.memberships)
+        for site, person, audience_id, stored in outcome.cached or ():
+            self.cache.apply(site, person, audience_id, stored)
         return len(outcome.changes)
 
     async def exit_members(
@@ -223,6 +341,7 @@ class Evaluator:
             }
             memberships.append(orjson.dumps({**base, "state": "out", "changed_at": now}))
             changes.append({**base, "change": "exit", "reason": reason, "at": now, "token": token})
+        self.cache.clear("members exited")
         await self._outbox.write(token, changes, memberships)
         return len(changes)
 

@@ -34,9 +34,10 @@ ELIGIBLE = "NOT bot AND NOT startsWith(visitor_id, 'e:') AND source != 'signal'"
 #: The per-event value the feed produces: (signal, product, keep times).
 ENTRY_TYPE = "Array(Tuple(UInt64, String, UInt8))"
 FEED_PREFIX = "person_signals_feed_"
-#: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007) and
-#: the shape of its statement (tests in an inner select): a view of another is replaced at start.
-FEED_LAYOUT = "arrays:inner-tests"
+#: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007,
+#: ``stored_at`` since 0008) and the shape of its statement (tests in an inner select): a view of
+#: another is replaced at start.
+FEED_LAYOUT = "arrays:inner-tests:stored-at"
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,12 @@ ROW_COLUMNS = {
 
 def state_select(db: str, signals: Iterable[Signal], where: str = "") -> str:
     """``person_signals`` rows of the ``events`` rows matching ``where``:
-    the feed's statement, and the backfill's for one range."""
+    the feed's statement, and the backfill's for one range. ``stored_at``: when the statement
+    ran (a segmenter's state cache reads only what was written since it last read a person)."""
     condition = ELIGIBLE + (f" AND {where}" if where else "")
     return f"""SELECT site_id, visitor_id, entry.1 AS signal, entry.2 AS product,
-    groupUniqArrayIf((t, h), entry.3 = 1) AS times, max(t) AS last_t
+    groupUniqArrayIf((t, h), entry.3 = 1) AS times, max(t) AS last_t,
+    toUnixTimestamp64Milli(now64(3)) AS stored_at
 FROM ({entries_select(signals, ROW_COLUMNS, f"{db}.events WHERE {condition}")})
 ARRAY JOIN entries AS entry
 GROUP BY site_id, visitor_id, signal, product"""

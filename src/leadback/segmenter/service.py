@@ -55,11 +55,20 @@ def build_engine(
     settings: Settings, store: ClickHouseStore, producer: RdKafkaProducer
 ) -> AudienceEngine:
     """The audience engine publishing to the change topic through ``producer`` (its own, from
-    :func:`change_producer`)."""
+    :func:`change_producer`), with the state cache the settings allow."""
     publisher = QueuedChangePublisher(
         producer, settings.kafka.topic_changes, timeout_s=CHANGES_TIMEOUT_S
     )
-    return AudienceEngine(store, publisher)
+    return AudienceEngine(store, publisher, state_cache=state_cache_persons(settings))
+
+
+def state_cache_persons(settings: Settings) -> int:
+    """How many persons the engine's state cache holds: none unless one segmenter writes the
+    store (with chDB only one process can open it; over HTTP the operator says so)."""
+    mode = settings.audiences.state_cache
+    if mode == "off" or (mode == "auto" and not settings.clickhouse.is_chdb):
+        return 0
+    return settings.audiences.state_cache_persons
 
 
 def build_segmenter(
