@@ -31,6 +31,7 @@ from leadback.audiences.state_cache import trim
 from leadback.audiences.state_read import (
     PersonStates,
     StateRead,
+    add_due,
     derive,
     read_rows,
     state_params,
@@ -136,7 +137,8 @@ async def test_signal_state_answers_like_the_raw_events(
         dues = {(p, d) for a, p, _, d in found if not a}
         read = await _read(db, program, site, now)
         assert _answer(program, read, site, now) == (members, dues)
-        assert _answer(program, early, site, now) == (members, dues)
+        # (A cache's due times come with each read: the early one's are past by now.)
+        assert _answer(program, early, site, now)[0] == members
 
 
 PERSONS = ("v1", "v2", "v3")
@@ -156,7 +158,9 @@ def _answer(
     at = int(now * 1000)
     states = PersonStates()
     for person in PERSONS:
-        derive(person, read.rows.get((site, person), {}), program.keep, at, 0, states)
+        rows = read.rows.get((site, person), {})
+        derive(person, rows, program.keep, at, 0, states)
+        add_due(person, rows, states)
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())
 

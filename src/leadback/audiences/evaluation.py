@@ -23,7 +23,14 @@ from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import memberships_sql
 from leadback.audiences.repository import StoredAudience
 from leadback.audiences.state_cache import Entry, StateCache, merge
-from leadback.audiences.state_read import PersonStates, derive, read_rows, state_params, state_sql
+from leadback.audiences.state_read import (
+    PersonStates,
+    add_due,
+    derive,
+    read_rows,
+    state_params,
+    state_sql,
+)
 from leadback.clock import Clock
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs, strings
@@ -138,9 +145,12 @@ class Evaluator:
         cold: list[tuple[str, str]] = []
         if cache is not None:
             cache.sync(self._definitions.generation)
+        # A timer pass reads whole states (the due times that follow need every time); its
+        # entries replace those cached.
+        warm_reads = cache is not None and cached == "round"
         for site, (persons, _) in sorted(work.items()):
             for p in sorted(persons):
-                entry = cache.get(site, p) if cache is not None else None
+                entry = cache.get(site, p) if cache is not None and warm_reads else None
                 if entry is not None:
                     warm[(site, p)] = entry
                 else:
@@ -163,7 +173,6 @@ class Evaluator:
             site_states = PersonStates()
             program = programs[site]
             keep = program.keep
-            thresholds = wide[site].keep.thresholds
             ids = frozenset(a.spec.id for a in evaluate)
             site_stored: dict[tuple[str, str], Stored] = {}
             of_person = stored.get(site, {})
@@ -176,16 +185,16 @@ class Evaluator:
                 memberships = of_person.get(person, {})
                 compared = ids
                 reads: frozenset[int] | None = None
-                fresh: frozenset[int] | None = None
+                # Due times from the rows read: a warm person's are those of the new times.
+                add_due(person, rows, site_states)
                 if cache is not None:
                     entry = warm.get(key)
                     if entry is None:
                         entry = Entry(rows, memberships)
                     else:
-                        if cached == "round":
-                            fresh = changed[person] = frozenset(s for s, _ in rows)
-                            affected, reads = program.affected(fresh)
-                            compared = ids & affected
+                        fresh = changed[person] = frozenset(s for s, _ in rows)
+                        affected, reads = program.affected(fresh)
+                        compared = ids & affected
                         merge(entry, rows, wide[site].keep, now, since)
                         memberships = entry.memberships
                     cache.put(site, person, entry)
@@ -194,17 +203,7 @@ class Evaluator:
                     held = memberships.get(a)
                     if held is not None:
                         site_stored[(a, person)] = held
-                derive(
-                    person,
-                    rows,
-                    keep,
-                    now,
-                    since,
-                    site_states,
-                    thresholds,
-                    signals=reads,
-                    due_from=fresh,
-                )
+                derive(person, rows, keep, now, since, site_states, signals=reads)
             self._outcome(
                 site,
                 evaluate,

@@ -126,14 +126,14 @@ def merge(entry: Entry, rows: Rows, keep: Keep, now: int, since: int) -> None:
 
 def trim(row: Row, signal: int, keep: Keep, now: int, since: int) -> None:
     """Drop the times no rule may read again: up to ``since``, and for a signal not read whole
-    those before its span that are not among its latest few up to ``now`` (times only leave
+    those before its window that are not among its latest few up to ``now`` (times only leave
     windows as ``now`` grows, and later events only push older ones out of the latest)."""
     ts, hs = row.ts, row.hs
     lo = bisect_right(ts, since)
     need = keep.trim.get(signal)
     if need is not None:
         past = bisect_right(ts, now)
-        start = min(bisect_right(ts, now - keep.span(signal)), max(0, past - need[1]))
+        start = min(bisect_right(ts, now - need[0]), max(0, past - need[1]))
         lo = max(lo, start)
     if lo:
         del ts[:lo]

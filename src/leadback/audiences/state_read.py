@@ -10,16 +10,17 @@ audiences or sites, and the rules run on the result in Python
 and the visitors the identity graph gives them now). Per (site, person, signal, product) row:
 
 * ``ts`` / ``hs``: the times kept (sorted) and the hashes of their events: those after the
-  TTL's ``since`` that are in the signal's ``span`` (its longest window, or the site's longest
-  threshold if longer) or among its ``latest`` few up to now, and any later ones; all of them
-  for a signal some rule reads whole. A cached state (:mod:`~.state_cache`) merges later reads
-  into them by hash, so an event counts once;
+  TTL's ``since`` that are in the signal's longest window or among its ``latest`` few up to
+  now, and any later ones; all of them for a signal some rule reads whole (and for a warm
+  person: theirs are only the new rows). A cached state (:mod:`~.state_cache`) merges later
+  reads into them by hash, so an event counts once;
 * ``last_t``: the latest event's time;
 * ``due``: the earliest ``t + k > now`` over the row's times ``t`` (and ``last_t``) and the
   site's thresholds ``k`` (window ends, idle limits...), :data:`~.compiler.NEVER` when none.
 
 *Warm* persons (their state is cached) get only the rows stored since ``bound``: what the
-rounds since their last read added, whatever the length of their history.
+rounds since their last read added, whatever the length of their history. Their rows' due
+times are then those of the new times only: the earlier ones were written when they came.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def state_sql(db: str, cold: str, warm: str) -> str:
     persons of any sites, each an ``Array(Tuple(String, String))`` expression of (site,
     person) pairs (:func:`leadback.store.literals.string_pairs`). Parameters: ``now``;
     ``since`` (times up to it are past the events TTL, and a row whose latest time is goes, as
-    the TTL will delete it); ``bound``; ``signals``; ``need_ids`` / ``need_span`` /
+    the TTL will delete it); ``bound``; ``signals``; ``need_ids`` / ``need_window`` /
     ``need_latest`` (what a signal keeps when it is not read whole). A last row with site
     :data:`CLOCK_ROW` gives the server's clock (ms): the ``bound`` of the next read."""
     return f"""WITH
@@ -73,7 +74,8 @@ FROM (
             AS recent,
         arrayCount(x -> x.1 <= {{now:Int64}}, s) AS past,
         indexOf({{need_ids:Array(UInt64)}}, signal) AS ni,
-        if(ni = 0, s, arrayFilter((x, i) -> x.1 > {{now:Int64}} - {{need_span:Array(Int64)}}[ni]
+        if(ni = 0 OR (site, person) IN warm, s, arrayFilter((x, i) ->
+            x.1 > {{now:Int64}} - {{need_window:Array(Int64)}}[ni]
             OR i > past - {{need_latest:Array(Int64)}}[ni], s, arrayEnumerate(s))) AS kept
     FROM (
         SELECT p.site_id AS site, if(idm.person_id != '', idm.person_id, p.visitor_id) AS person,
@@ -111,12 +113,6 @@ class Keep:
     trim: Mapping[int, tuple[int, int]]
     thresholds: tuple[int, ...]
 
-    def span(self, signal: int) -> int:
-        """How far back from now a signal's times stay needed (its window, or the longest
-        threshold if longer: the due time reads those)."""
-        window = self.trim[signal][0]
-        return max(window, self.thresholds[-1] if self.thresholds else 0)
-
 
 def keep_of(
     signals: Iterable[Signal], needs: dict[Signal, Need], thresholds: Iterable[int]
@@ -137,14 +133,13 @@ def state_params(keeps: Mapping[str, Keep]) -> dict[str, Any]:
     trimmed: dict[int, tuple[int, int]] = {}
     for keep in keeps.values():
         signals |= keep.signals
-        for signal, (_, latest) in keep.trim.items():
-            trimmed[signal] = (keep.span(signal), latest)
+        trimmed.update(keep.trim)
     ids = sorted(trimmed)
     sites = sorted(keeps)
     return {
         "signals": sorted(signals),
         "need_ids": ids,
-        "need_span": [trimmed[i][0] for i in ids],
+        "need_window": [trimmed[i][0] for i in ids],
         "need_latest": [trimmed[i][1] for i in ids],
         "th_sites": sites,
         "th_values": [list(keeps[site].thresholds) for site in sites],
@@ -154,9 +149,8 @@ def state_params(keeps: Mapping[str, Keep]) -> dict[str, Any]:
 @dataclass(slots=True)
 class Row:
     """One (person, signal, product) row of the statement: the times kept, sorted, with the
-    hashes of their events (``hs[i]`` is ``ts[i]``'s), and the latest time. ``due``: the row's
-    next due time as last computed (0: not yet; it holds until ``now`` reaches it or times
-    are added)."""
+    hashes of their events (``hs[i]`` is ``ts[i]``'s), the latest time, and the due time the
+    statement computed (of what it read)."""
 
     ts: list[int]
     hs: list[int]
@@ -166,7 +160,6 @@ class Row:
     def merge(self, ts: Sequence[int], hs: Sequence[int], last: int) -> None:
         """Add a later read's times (the rows stored since): an event already held (same time,
         same hash) counts once."""
-        self.due = 0  # computed again: new times may bring it closer
         self.last = max(self.last, last)
         mine, hashes = self.ts, self.hs
         for t, h in zip(ts, hs, strict=True):
@@ -230,34 +223,18 @@ def derive(
     now: int,
     since: int,
     into: PersonStates,
-    thresholds: Sequence[int] | None = None,
     *,
     signals: frozenset[int] | None = None,
-    due_from: frozenset[int] | None = None,
 ) -> None:
     """Add ``person``'s state to ``into``: per signal of ``keep`` (or of ``signals``) the times
     up to ``now`` the rules read (the suffix its window and ``latest`` say, or all after
-    ``since``), its latest time, and the person's next due time: the earliest ``t + k > now``
-    over the rows' times ``t`` (and latest times) and the thresholds ``k`` (``keep``'s, or
-    ``thresholds``: more of them only adds evaluations; a cached row keeps its due time while
-    it holds). ``due_from``: only these signals' rows give the due time (a warm person's
-    changed ones: the due times of the rest were written when they changed)."""
+    ``since``) and its latest time."""
     chosen = keep.signals if signals is None else signals
     trim = keep.trim
-    ks = keep.thresholds if thresholds is None else thresholds
-    oldest = now - ks[-1] if ks else NEVER
-    due = NEVER
     state: SignalState | None = None
     for (signal, product), row in rows.items():
         last = row.last
-        if last <= since:
-            continue
-        if last > oldest and (signal in chosen if due_from is None else signal in due_from):
-            d = row.due
-            if d <= now:
-                d = row.due = _row_due(row.ts, last, ks, now)
-            due = min(due, d)
-        if signal not in chosen:
+        if last <= since or signal not in chosen:
             continue
         ts = row.ts
         if ts:
@@ -285,16 +262,10 @@ def derive(
             target = state
         target.times[signal] = tt
         target.last[signal] = last
+
+
+def add_due(person: str, rows: Rows, into: PersonStates) -> None:
+    """The person's next due time from the rows read: the earliest of theirs."""
+    due = min((row.due for row in rows.values()), default=NEVER)
     if due < into.due.get(person, NEVER):
         into.due[person] = due
-
-
-def _row_due(ts: Sequence[int], last: int, ks: Sequence[int], now: int) -> int:
-    due = NEVER
-    for k in ks:
-        if last <= now - k:
-            continue
-        i = bisect_right(ts, now - k) if ts else 0
-        d = (ts[i] if i < len(ts) else last) + k
-        due = min(due, d)
-    return due
