@@ -20,13 +20,16 @@ import orjson
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
+from leadback.audiences.program import EvaluationProgram
 from leadback.audiences.query import memberships_sql
 from leadback.audiences.repository import StoredAudience
 from leadback.audiences.state_cache import Entry, StateCache, merge
 from leadback.audiences.state_read import (
     PersonStates,
+    StateRead,
     add_due,
     derive,
+    group_states,
     read_rows,
     state_params,
     state_sql,
@@ -160,50 +163,44 @@ class Evaluator:
             "now": now,
             "since": since,
             "bound": cache.read_bound() if cache is not None else 0,
+            "hashes": int(cache is not None),
         }
-        read = read_rows(
-            await self._store.query(
-                state_sql(self._db, string_pairs(cold), string_pairs(sorted(warm))), params
-            )
+        result = await self._store.query(
+            state_sql(self._db, string_pairs(cold), string_pairs(sorted(warm)) if warm else None),
+            params,
         )
+        # Without the cache the rows go straight into the rules' state; with it, into rows
+        # an entry keeps.
+        grouped = group_states(result, now) if cache is None else {}
+        read = read_rows(result) if cache is not None else StateRead()
         if cached == "round" and cache is not None and read.clock:
             cache.bound = read.clock
         stored = await self._stored(work, cold, full=cache is not None)
         for site, (persons, evaluate) in sorted(work.items()):
-            site_states = PersonStates()
             program = programs[site]
-            keep = program.keep
             ids = frozenset(a.spec.id for a in evaluate)
-            site_stored: dict[tuple[str, str], Stored] = {}
             of_person = stored.get(site, {})
-            # A warm person in a round: only the audiences reading a signal their new events
-            # changed can change (time-driven changes are the timer pass's).
             changed: dict[str, frozenset[int]] = {}
-            for person in persons:
-                key = (site, person)
-                rows = read.rows.get(key, {})
-                memberships = of_person.get(person, {})
-                compared = ids
-                reads: frozenset[int] | None = None
-                # Due times from the rows read: a warm person's are those of the new times.
-                add_due(person, rows, site_states)
-                if cache is not None:
-                    entry = warm.get(key)
-                    if entry is None:
-                        entry = Entry(rows, memberships)
-                    else:
-                        fresh = changed[person] = frozenset(s for s, _ in rows)
-                        affected, reads = program.affected(fresh)
-                        compared = ids & affected
-                        merge(entry, rows, wide[site].keep, now, since)
-                        memberships = entry.memberships
-                    cache.put(site, person, entry)
-                    rows = entry.rows
-                for a in compared:
-                    held = memberships.get(a)
-                    if held is not None:
-                        site_stored[(a, person)] = held
-                derive(person, rows, keep, now, since, site_states, signals=reads)
+            if cache is None:
+                site_states = grouped.get(site, PersonStates())
+                site_stored = {
+                    (a, p): m for p in persons for a, m in of_person.get(p, {}).items() if a in ids
+                }
+            else:
+                site_states, site_stored = self._from_cache(
+                    cache,
+                    site,
+                    persons,
+                    ids,
+                    program,
+                    wide[site],
+                    read,
+                    of_person,
+                    warm,
+                    now=now,
+                    since=since,
+                    changed=changed,
+                )
             self._outcome(
                 site,
                 evaluate,
@@ -219,6 +216,62 @@ class Evaluator:
             self._stats.persons_evaluated += len(persons)
         self._stats.last_evaluation_seconds = self._clock.monotonic() - started
         return outcome
+
+    def _from_cache(
+        self,
+        cache: StateCache,
+        site: str,
+        persons: set[str],
+        ids: frozenset[str],
+        program: EvaluationProgram,
+        wide: EvaluationProgram,
+        read: StateRead,
+        of_person: Mapping[str, dict[str, Stored]],
+        warm: Mapping[tuple[str, str], Entry],
+        *,
+        now: int,
+        since: int,
+        changed: dict[str, frozenset[int]],
+    ) -> tuple[PersonStates, dict[tuple[str, str], Stored]]:
+        """A site's persons through the cache: cold ones become entries, warm ones merge what
+        was read; the state the rules run on and the memberships to compare with. A warm
+        person's ``changed`` signals limit the audiences compared: only those reading one
+        can change (time-driven changes are the timer pass's)."""
+        states = PersonStates()
+        compared: dict[tuple[str, str], Stored] = {}
+        # Rows read for this very program need no trimming again (every live audience).
+        exact = wide is program
+        for person in persons:
+            key = (site, person)
+            rows = read.rows.get(key, {})
+            # Due times from the rows read: a warm person's are those of the new times.
+            add_due(person, rows, states)
+            audiences = ids
+            reads: frozenset[int] | None = None
+            entry = warm.get(key)
+            if entry is None:
+                entry = Entry(rows, of_person.get(person, {}))
+            else:
+                fresh = changed[person] = frozenset(s for s, _ in rows)
+                affected, reads = program.affected(fresh)
+                audiences = ids & affected
+                merge(entry, rows, wide.keep, now, since)
+            cache.put(site, person, entry)
+            for a in audiences:
+                held = entry.memberships.get(a)
+                if held is not None:
+                    compared[(a, person)] = held
+            derive(
+                person,
+                entry.rows,
+                program.keep,
+                now,
+                since,
+                states,
+                signals=reads,
+                exact=exact and entry.rows is rows,
+            )
+        return states, compared
 
     async def _stored(
         self,

@@ -47,34 +47,53 @@ def _seen(db: str, persons: str) -> str:
         SELECT site_id, person_id FROM {persons}"""
 
 
-def state_sql(db: str, cold: str, warm: str) -> str:
-    """The statement for ``cold`` (whole state) and ``warm`` (rows stored since ``bound``)
-    persons of any sites, each an ``Array(Tuple(String, String))`` expression of (site,
-    person) pairs (:func:`leadback.store.literals.string_pairs`). Parameters: ``now``;
+def state_sql(db: str, cold: str, warm: str | None = None) -> str:
+    """The statement for ``cold`` (whole state) and ``warm`` (rows stored since ``bound``;
+    None: nobody) persons of any sites, each an ``Array(Tuple(String, String))`` expression of
+    (site, person) pairs (:func:`leadback.store.literals.string_pairs`). Parameters: ``now``;
     ``since`` (times up to it are past the events TTL, and a row whose latest time is goes, as
     the TTL will delete it); ``bound``; ``signals``; ``need_ids`` / ``need_window`` /
-    ``need_latest`` (what a signal keeps when it is not read whole). A last row with site
-    :data:`CLOCK_ROW` gives the server's clock (ms): the ``bound`` of the next read."""
+    ``need_latest`` (what a signal keeps when it is not read whole); ``th_sites`` /
+    ``th_values`` (each site's thresholds); ``hashes`` (1: the events' hashes too, for a cache
+    to merge by). A last row with site :data:`CLOCK_ROW` gives the server's clock (ms): the
+    ``bound`` of the next read."""
+    # Without warm persons the statement leaves their parts out (each costs 30-50 ms on a
+    # round of 3,000 persons with long histories).
+    if warm is None:
+        ctes = f"seen_cold AS ({_seen(db, 'cold')})"
+        rows = "(site_id, visitor_id) IN seen_cold"
+        visitors = "(site_id, visitor_id) IN seen_cold"
+        wanted = "(site, person) IN cold"
+        whole = "ni = 0"
+    else:
+        pairs = f"SELECT k.1 AS site_id, k.2 AS person_id FROM (SELECT arrayJoin({warm}) AS k)"
+        ctes = f"""warm AS ({pairs}),
+    seen_cold AS ({_seen(db, "cold")}),
+    seen_warm AS ({_seen(db, "warm")})"""
+        rows = (
+            "((site_id, visitor_id) IN seen_cold "
+            "OR ((site_id, visitor_id) IN seen_warm AND stored_at >= {bound:Int64}))"
+        )
+        visitors = "(site_id, visitor_id) IN seen_cold OR (site_id, visitor_id) IN seen_warm"
+        wanted = "(site, person) IN cold OR (site, person) IN warm"
+        whole = "ni = 0 OR (site, person) IN warm"
     return f"""WITH
     cold AS (SELECT k.1 AS site_id, k.2 AS person_id FROM (SELECT arrayJoin({cold}) AS k)),
-    warm AS (SELECT k.1 AS site_id, k.2 AS person_id FROM (SELECT arrayJoin({warm}) AS k)),
-    seen_cold AS ({_seen(db, "cold")}),
-    seen_warm AS ({_seen(db, "warm")})
+    {ctes}
 SELECT site, person, signal, product,
-    arrayMap(x -> x.1, kept) AS ts, arrayMap(x -> x.2, kept) AS hs, last_t,
-    if(empty(recent), toInt64({NEVER}), arrayMin(arrayMap(
-        k -> arrayFirst(x -> x > {{now:Int64}} - k, recent) + k,
-        arrayFilter(k -> last_t > {{now:Int64}} - k, ks)))) AS due
+    arrayMap(x -> x.1, kept) AS ts,
+    if({{hashes:UInt8}} = 1, arrayMap(x -> x.2, kept), emptyArrayUInt64()) AS hs, last_t,
+    if(empty(recent), toInt64({NEVER}), arrayMin(arrayFilter(d -> d > {{now:Int64}},
+        arrayFlatten(arrayMap(k -> arrayMap(x -> x + k, recent), ks))))) AS due
 FROM (
     SELECT site, person, signal, product, last_t,
         {{th_values:Array(Array(Int64))}}[indexOf({{th_sites:Array(String)}}, site)] AS ks,
         arraySort(arrayFilter(x -> x.1 > {{since:Int64}}, pairs)) AS s,
-        if(empty(ks) OR last_t <= {{now:Int64}} - arrayMax(ks), emptyArrayInt64(), arrayPushBack(
-            arrayMap(x -> x.1, arrayFilter(x -> x.1 > {{now:Int64}} - arrayMax(ks), s)), last_t))
-            AS recent,
+        if(empty(ks), emptyArrayInt64(), arrayFilter(x -> x > {{now:Int64}} - arrayMax(ks),
+            arrayPushBack(arrayMap(x -> x.1, s), last_t))) AS recent,
         arrayCount(x -> x.1 <= {{now:Int64}}, s) AS past,
         indexOf({{need_ids:Array(UInt64)}}, signal) AS ni,
-        if(ni = 0 OR (site, person) IN warm, s, arrayFilter((x, i) ->
+        if({whole}, s, arrayFilter((x, i) ->
             x.1 > {{now:Int64}} - {{need_window:Array(Int64)}}[ni]
             OR i > past - {{need_latest:Array(Int64)}}[ni], s, arrayEnumerate(s))) AS kept
     FROM (
@@ -84,18 +103,16 @@ FROM (
         FROM (
             SELECT site_id, visitor_id, signal, product, times, last_t
             FROM {db}.person_signals
-            PREWHERE ((site_id, visitor_id) IN seen_cold
-                OR ((site_id, visitor_id) IN seen_warm AND stored_at >= {{bound:Int64}}))
-                AND signal IN {{signals:Array(UInt64)}}
+            PREWHERE {rows} AND signal IN {{signals:Array(UInt64)}}
         ) AS p
         LEFT ANY JOIN (
             SELECT site_id, visitor_id, argMax(person_id, version) AS person_id
             FROM {db}.identities
-            WHERE (site_id, visitor_id) IN seen_cold OR (site_id, visitor_id) IN seen_warm
+            WHERE {visitors}
             GROUP BY site_id, visitor_id
         ) AS idm ON p.site_id = idm.site_id AND p.visitor_id = idm.visitor_id
         GROUP BY site, person, signal, product
-        HAVING (site, person) IN cold OR (site, person) IN warm
+        HAVING {wanted}
     )
     WHERE last_t > {{since:Int64}}
 )
@@ -225,10 +242,12 @@ def derive(
     into: PersonStates,
     *,
     signals: frozenset[int] | None = None,
+    exact: bool = False,
 ) -> None:
     """Add ``person``'s state to ``into``: per signal of ``keep`` (or of ``signals``) the times
     up to ``now`` the rules read (the suffix its window and ``latest`` say, or all after
-    ``since``) and its latest time."""
+    ``since``) and its latest time. ``exact``: the rows were read at ``now`` for ``keep``, so
+    their times up to ``now`` are already those."""
     chosen = keep.signals if signals is None else signals
     trim = keep.trim
     state: SignalState | None = None
@@ -237,12 +256,14 @@ def derive(
         if last <= since or signal not in chosen:
             continue
         ts = row.ts
-        if ts:
+        if exact and (not ts or ts[-1] <= now):
+            tt: Sequence[int] = ts
+        elif ts:
             hi = bisect_right(ts, now)
             lo = bisect_right(ts, since, 0, hi) if ts[0] <= since else 0
             need = trim.get(signal)
             if need is None:
-                tt: Sequence[int] = ts[lo:hi]
+                tt = ts[lo:hi]
             else:
                 window, n = need
                 if window:
@@ -262,6 +283,32 @@ def derive(
             target = state
         target.times[signal] = tt
         target.last[signal] = last
+
+
+def group_states(result: Sequence[Sequence[Any]], now: int) -> dict[str, PersonStates]:
+    """Rows of :func:`state_sql` read for one program per site (no cache) -> the state the
+    rules run on, per site: :func:`derive` and :func:`add_due` in one pass, the rows' times
+    taken as read (up to ``now``)."""
+    by_site: dict[str, PersonStates] = {}
+    for site, person, signal, product, ts, _, last_t, row_due in result:
+        if site == CLOCK_ROW:
+            continue
+        found = by_site.get(site)
+        if found is None:
+            found = by_site[site] = PersonStates()
+        if product:
+            state = found.products.get((person, product))
+            if state is None:
+                state = found.products[(person, product)] = SignalState()
+        else:
+            state = found.persons.get(person)
+            if state is None:
+                state = found.persons[person] = SignalState()
+        state.times[signal] = ts if not ts or ts[-1] <= now else ts[: bisect_right(ts, now)]
+        state.last[signal] = last_t
+        if row_due < found.due.get(person, NEVER):
+            found.due[person] = row_due
+    return by_site
 
 
 def add_due(person: str, rows: Rows, into: PersonStates) -> None:
