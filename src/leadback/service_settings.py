@@ -75,11 +75,12 @@ class AudienceSettings(BaseModel):
     timer_interval_ms: int = Field(
         1000, ge=50, le=60_000, description="timer pass: due persons, rule changes"
     )
-    state_cache: Literal["auto", "on", "off"] = Field(
-        "auto",
+    state_cache: Literal["on", "off"] = Field(
+        "off",
         description="keep the signal state and memberships of recent persons in memory: a "
-        "round then reads only what its events added. Only right when one segmenter writes the "
-        "store (auto: on with chDB, which one process owns; on: you run one segmenter)",
+        "warm person's round reads only the rows stored since. Only right while one segmenter "
+        "writes the store (chDB, or one segmenter over HTTP). Pays when most persons of a round "
+        "were seen lately; a round of mostly new persons costs more than without it",
     )
     state_cache_persons: int = Field(
         100_000, ge=0, le=10_000_000, description="persons the state cache holds (least recent go)"

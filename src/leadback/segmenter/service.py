@@ -63,10 +63,9 @@ def build_engine(
 
 
 def state_cache_persons(settings: Settings) -> int:
-    """How many persons the engine's state cache holds: none unless one segmenter writes the
-    store (with chDB only one process can open it; over HTTP the operator says so)."""
-    mode = settings.audiences.state_cache
-    if mode == "off" or (mode == "auto" and not settings.clickhouse.is_chdb):
+    """How many persons the engine's state cache holds (0: off). It is right only while one
+    segmenter writes the store: the operator turns it on."""
+    if settings.audiences.state_cache == "off":
         return 0
     return settings.audiences.state_cache_persons
 
