@@ -93,9 +93,10 @@ FROM (
             arrayPushBack(arrayMap(x -> x.1, s), last_t))) AS recent,
         arrayCount(x -> x.1 <= {{now:Int64}}, s) AS past,
         indexOf({{need_ids:Array(UInt64)}}, signal) AS ni,
-        if({whole}, s, arrayFilter((x, i) ->
-            x.1 > {{now:Int64}} - {{need_window:Array(Int64)}}[ni]
-            OR i > past - {{need_latest:Array(Int64)}}[ni], s, arrayEnumerate(s))) AS kept
+        if({whole}, s, arraySlice(s, greatest(1, least(
+            arrayFirstIndex(x -> x.1 > {{now:Int64}} - {{need_window:Array(Int64)}}[ni],
+                arrayPushBack(s, (toInt64({NEVER}), toUInt64(0)))),
+            past - {{need_latest:Array(Int64)}}[ni] + 1)))) AS kept
     FROM (
         SELECT p.site_id AS site, if(idm.person_id != '', idm.person_id, p.visitor_id) AS person,
             p.signal AS signal, p.product AS product,
