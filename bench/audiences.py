@@ -274,8 +274,6 @@ def round_line(f: dict[str, Any], seconds: float) -> str:
         "statement "
         f"median {_fmt(f.get('eval_median_s'))} [{f.get('eval_median_source', '-')}], round "
         f"median {_fmt(f.get('round_median_s'))} [{f.get('round_median_source', '-')}]; "
-        f"state cache hits {f.get('cache_hit_ratio', float('nan')):.0%} of persons, "
-        f"{f.get('changes_per_s', float('nan')):,.0f} changes/s; "
         f"start-up {f['startup_s']:.1f} s + {f['settle_s']:.1f} s to bring the audiences live "
         "(backfill, evaluation) and publish, "
         f"warm-up {f['warmup_s']:.1f} s; pixel->evaluation p50 "

@@ -245,10 +245,6 @@ def metric_figures(scrapes: list[Scrape]) -> dict[str, Any]:
         "evaluations_per_s": rate("leadback_audience_evaluations_total"),
         "persons_evaluated_per_s": rate("leadback_audience_persons_evaluated_total"),
         "changes_per_s": rate("leadback_audience_changes_total"),
-        "cache_hit_ratio": _ratio(
-            rate("leadback_audience_state_cache_hits_total"),
-            rate("leadback_audience_state_cache_misses_total"),
-        ),
         "eval_median_s": evaluation,
         "eval_median_source": eval_source,
         "round_median_s": round_median,
@@ -256,10 +252,6 @@ def metric_figures(scrapes: list[Scrape]) -> dict[str, Any]:
         "insert_median_s": insert,
         "insert_median_source": insert_source,
     }
-
-
-def _ratio(hits: float, misses: float) -> float:
-    return hits / (hits + misses) if hits + misses else float("nan")
 
 
 async def _wait_metrics(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> float:

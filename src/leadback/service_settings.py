@@ -7,7 +7,7 @@ module holds one job. Import them from :mod:`leadback.settings`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -74,16 +74,6 @@ class AudienceSettings(BaseModel):
     enabled: bool = Field(True, description="evaluate audiences after each batch and on a timer")
     timer_interval_ms: int = Field(
         1000, ge=50, le=60_000, description="timer pass: due persons, rule changes"
-    )
-    state_cache: Literal["on", "off"] = Field(
-        "off",
-        description="keep the signal state and memberships of recent persons in memory: a "
-        "warm person's round reads only the rows stored since. Only right while one segmenter "
-        "writes the store (chDB, or one segmenter over HTTP). Pays when most persons of a round "
-        "were seen lately; a round of mostly new persons costs more than without it",
-    )
-    state_cache_persons: int = Field(
-        100_000, ge=0, le=10_000_000, description="persons the state cache holds (least recent go)"
     )
 
 

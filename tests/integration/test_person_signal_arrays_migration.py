@@ -25,7 +25,6 @@ from tests.integration.test_backfill import BUYERS, NOW, members, store_history
 pytestmark = pytest.mark.integration
 
 ARRAYS = 7  # the migration under test
-STORED_AT = 8  # the one after it
 SPEC = parse_audience({"id": "buyers", "site": "shop", **BUYERS})
 
 
@@ -33,10 +32,8 @@ def _old_feed(db: str) -> str:
     """The feed as 0006 wrote it: a ``groupUniqArray`` state per row."""
     signals = list(compile_rule(SPEC, {SPEC.id: SPEC}).signals)
     new = feed_sql(db, signals)
-    return (
-        new.replace(new.split(" TO ")[0].split()[-1], f"{db}.{FEED_PREFIX}old")
-        .replace("groupUniqArrayIf(", "groupUniqArrayStateIf(")
-        .replace(",\n    toUnixTimestamp64Milli(now64(3)) AS stored_at", "")  # 0008's column
+    return new.replace(new.split(" TO ")[0].split()[-1], f"{db}.{FEED_PREFIX}old").replace(
+        "groupUniqArrayIf(", "groupUniqArrayStateIf("
     )
 
 
@@ -95,7 +92,7 @@ async def test_every_time_is_kept_once_and_the_old_feed_replaced(
     assert len(before) > 40 and max(_kept(before)) >= 1
     assert await _views(old_store) == [f"{FEED_PREFIX}old"]
 
-    assert await migrate(old_store) == [ARRAYS, STORED_AT]
+    assert await migrate(old_store) == [ARRAYS]
     assert (await _type_of_times(old_store)).startswith("SimpleAggregateFunction(groupUniqArray")
     assert await _times(old_store, "arrayDistinct(groupArrayArray(times))") == before
     assert await _views(old_store) == []  # dropped: it wrote the old type
@@ -150,7 +147,7 @@ async def test_a_crash_before_the_swap_is_retried_and_after_it_recorded(
     await old_store.command(f"DROP VIEW {old_store.database}.{FEED_PREFIX}old")
     for statement in (drop, create, copy, copy):  # died after a copy that ran twice
         await old_store.command(statement)
-    assert await migrate(old_store) == [ARRAYS, STORED_AT]
+    assert await migrate(old_store) == [ARRAYS]
     assert await _times(old_store, "arrayDistinct(groupArrayArray(times))") == before
 
     # Died after the swap, before dropping the old table: found done, recorded.

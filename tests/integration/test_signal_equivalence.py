@@ -27,16 +27,7 @@ from leadback.audiences.rules import (
     parse_audience,
 )
 from leadback.audiences.signals import Signal
-from leadback.audiences.state_cache import trim
-from leadback.audiences.state_read import (
-    PersonStates,
-    StateRead,
-    add_due,
-    derive,
-    read_rows,
-    state_params,
-    state_sql,
-)
+from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
 from leadback.store.migrations import migrate
@@ -120,14 +111,7 @@ async def test_signal_state_answers_like_the_raw_events(
         await backfill.fill(site, signals, since_ms=int(T0 * 1000), rows_per_range=5)
     # Moments on a window's edge too: an event exactly 1h or 2d old.
     edges = [history[0][2] + 3600, history[-1][2] + 2 * DAY] if history else []
-    moments = sorted((T0 + 2 * DAY, T0 + 9.5 * DAY, T0 + 30 * DAY, *edges))
-    # The state as a segmenter's cache holds it: read at the first moment (trimmed to what
-    # the rules may read from then on), answering at every later one.
-    early = await _read(db, program, site, moments[0])
-    for rows in early.rows.values():
-        for (signal, _), row in rows.items():
-            trim(row, signal, program.keep, int(moments[0] * 1000), 0)
-    for now in moments:
+    for now in (T0 + 2 * DAY, T0 + 9.5 * DAY, T0 + 30 * DAY, *edges):
         found = await _rows(db, on_state.members, site, now)
         assert found == await _rows(db, on_events.members, site, now)
         # And both are what the rules say, read the slow way in Python.
@@ -135,39 +119,21 @@ async def test_signal_state_answers_like_the_raw_events(
         assert members == reference(specs, history, int(now * 1000))
         # The engine's way: the fixed state statement, the rules as Python functions.
         dues = {(p, d) for a, p, _, d in found if not a}
-        read = await _read(db, program, site, now)
-        assert _answer(program, read, site, now, exact=True) == (members, dues)
-        assert _answer(program, read, site, now, exact=False) == (members, dues)
-        # (A cache's due times come with each read: the early one's are past by now.)
-        assert _answer(program, early, site, now, exact=False)[0] == members
+        assert await _program_answer(db, program, site, now) == (members, dues)
 
 
-PERSONS = ("v1", "v2", "v3")
-
-
-async def _read(
+async def _program_answer(
     store: ClickHouseStore, program: EvaluationProgram, site: str, now: float
-) -> StateRead:
-    params = {
-        **state_params({site: program.keep}),
-        "now": int(now * 1000),
-        "since": 0,
-        "bound": 0,
-        "hashes": 1,
-    }
-    cold = string_pairs([(site, v) for v in PERSONS])
-    return read_rows(await store.query(state_sql(store.database, cold), params))
-
-
-def _answer(
-    program: EvaluationProgram, read: StateRead, site: str, now: float, *, exact: bool
 ) -> tuple[set[tuple[str, str, tuple[str, ...]]], set[tuple[str, int]]]:
     at = int(now * 1000)
-    states = PersonStates()
-    for person in PERSONS:
-        rows = read.rows.get((site, person), {})
-        derive(person, rows, program.keep, at, 0, states, exact=exact)
-        add_due(person, rows, states)
+    params = {
+        **site_params({site: program.params}),
+        "now": at,
+        "since": 0,
+    }
+    persons = string_pairs([(site, v) for v in ("v1", "v2", "v3")])
+    rows = await store.query(state_sql(store.database, persons), params)
+    states = group_states(rows).get(site, PersonStates())
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())
 

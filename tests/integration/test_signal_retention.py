@@ -94,7 +94,6 @@ async def test_the_ttl_follows_the_setting_on_both_tables(
     # A row whose latest event is past the TTL is deleted when its part is merged.
     await short_ttl.command(
         f"INSERT INTO {short_ttl.database}.person_signals "
-        "(site_id, visitor_id, signal, product, times, last_t) "
         "VALUES ('shop', 'gone', 1, '', [(1000, 1)], 1000), "
         "('shop', 'kept', 1, '', [(1000, 1)], toUnixTimestamp64Milli(now64()))"
     )

@@ -179,7 +179,7 @@ class SignalBackfill:
             return 0
         await self._store.command(
             f"INSERT INTO {self._db}.person_signals "
-            f"(site_id, visitor_id, signal, product, times, last_t, stored_at)\n"
+            f"(site_id, visitor_id, signal, product, times, last_t)\n"
             f"{state_select(self._db, signals, where)}\n"
             "SETTINGS optimize_aggregation_in_order = 1"
         )

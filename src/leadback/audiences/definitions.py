@@ -29,8 +29,6 @@ class LoadedAudiences:
         self._complete: frozenset[int] = frozenset()
         # Per site, its live audiences: asked for on every round and every /metrics scrape.
         self._live: dict[str, list[StoredAudience]] = {}
-        #: Changes whenever a definition or the live set does (cached states are dropped).
-        self.generation = 0
 
     def load(self, stored: Sequence[StoredAudience]) -> None:
         """Take the stored definitions (deleted ones are left out); drop the caches if any
@@ -46,7 +44,6 @@ class LoadedAudiences:
             self._signals.clear()
             self._wanted = None
             self._live.clear()
-            self.generation += 1
 
     def set_complete(self, signal_ids: set[int] | frozenset[int]) -> None:
         """The signals whose state holds all stored history (the rest are being filled)."""
@@ -54,7 +51,6 @@ class LoadedAudiences:
         if complete != self._complete:
             self._complete = complete
             self._live.clear()
-            self.generation += 1
 
     def signals_of(self, audience: StoredAudience) -> frozenset[Signal]:
         """The signals ``audience``'s rule reads (with those of audiences it refers to)."""

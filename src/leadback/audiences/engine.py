@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -38,7 +38,6 @@ from leadback.audiences.query import VersionedAudience, build_evaluation
 from leadback.audiences.refresh import Refresher
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec
-from leadback.audiences.state_cache import StateCache
 from leadback.clock import Clock, SystemClock
 from leadback.errors import LeadbackError
 from leadback.identity.contact_book import ContactBook
@@ -68,10 +67,7 @@ class AudienceEngine:
         clock: Clock | None = None,
         repository: AudienceRepository | None = None,
         backfill_store: ClickHouseStore | None = None,
-        state_cache: int = 0,
     ) -> None:
-        """``state_cache``: persons whose state and memberships are kept in memory (0: none;
-        only right when this engine is the one writer, see :mod:`~.state_cache`)."""
         self._store = store
         # Backfills and their reads run on a client of their own: rounds do not queue behind.
         self._backfill_store = backfill_store or ClickHouseStore(store.settings)
@@ -88,7 +84,6 @@ class AudienceEngine:
             self._outbox,
             clock=self._clock,
             stats=self.stats,
-            cache=StateCache(state_cache),
         )
         self._eraser = Eraser(store, self.identity, self._evaluator)
         self._lock = asyncio.Lock()
@@ -200,17 +195,9 @@ class AudienceEngine:
     def now_ms(self) -> int:
         return self._evaluator.now_ms()
 
-    @property
-    def state_cache(self) -> StateCache:
-        """The persons' state kept in memory (empty and off unless asked for)."""
-        return self._evaluator.cache
-
     async def _sweep(self) -> None:
         self._last_sweep = self._clock.monotonic()
-        restored = self.stats.memberships_restored
         await self._outbox.sweep()
-        if self.stats.memberships_restored != restored:
-            self._evaluator.cache.clear("memberships restored from the change log")
 
     async def _settle_doubt(self) -> None:
         # A write stopped between the change log and the memberships: bring the memberships
@@ -241,7 +228,7 @@ class AudienceEngine:
                 by_site.setdefault(site, set()).add(visitor)
         round_digest = merge(digests)
         events = [orjson.loads(line) for line in round_digest.identity]
-        async with self._lock, self._forget_on_failure():
+        async with self._lock:
             await self._settle_doubt()
             requests: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
             lost_of: dict[str, set[str]] = {}
@@ -267,22 +254,12 @@ class AudienceEngine:
             persons = await self.identity.persons_of_sites(
                 {site: visitors for site, (visitors, _) in requests.items()}
             )
-            for site, changes in identity.items():
-                # Persons whose visitors changed: their state is read whole again.
-                of_site = persons.get(site, {})
-                self._evaluator.cache.evict(
-                    site,
-                    changes.lost
-                    | changes.moved
-                    | {of_site[v] for v in changes.moved if v in of_site},
-                )
             outcome = await self._evaluator.assess_sites(
                 {
                     site: (set(persons[site].values()) | lost_of.get(site, set()), audiences)
                     for site, (_, audiences) in requests.items()
                 },
                 token=token,
-                cached="round",
             )
             await self._evaluator.commit(outcome, token=token)
 
@@ -340,10 +317,10 @@ class AudienceEngine:
             for site, person in due[i : i + _CHUNK]:
                 chunk.setdefault(site, (set(), None))[0].add(person)
             # The lock a chunk at a time: a round waits for one chunk, not the pass.
-            async with self._lock, self._forget_on_failure():
+            async with self._lock:
                 await self._settle_doubt()
                 token = f"due:{now}:{i}"
-                outcome = await self._evaluator.assess_sites(chunk, token=token, cached="timer")
+                outcome = await self._evaluator.assess_sites(chunk, token=token)
                 await self._evaluator.commit(outcome, token=token)
 
     # -- admin operations -----------------------------------------------------------------
@@ -381,14 +358,4 @@ class AudienceEngine:
         """Remove a visitor's or user's events, identity, contacts and memberships; exits first."""
         async with self._lock:
             await self._settle_doubt()
-            self._evaluator.cache.clear("erasure")
             return await self._eraser.erase(site, visitor_id=visitor_id, user_id=user_id)
-
-    @contextlib.asynccontextmanager
-    async def _forget_on_failure(self) -> AsyncIterator[None]:
-        # A failure may leave the cache ahead of or behind the store: the retry reads again.
-        try:
-            yield
-        except BaseException:
-            self._evaluator.cache.clear("evaluation failed")
-            raise

@@ -9,102 +9,61 @@ with their products, and each person's next due time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from leadback.audiences.compiler import NEVER, Need, compile_rule
 from leadback.audiences.query import VersionedAudience
 from leadback.audiences.rule_functions import SignalState, Test, rule_function
 from leadback.audiences.rules import AudienceSpec
 from leadback.audiences.signals import Signal, any_event
-from leadback.audiences.state_read import Keep, PersonStates, keep_of
+from leadback.audiences.state_read import PersonStates, state_params
 
 Key = tuple[str, str]
-#: (audience id, test, the signal ids its rule reads)
-PersonTest = tuple[str, Test, frozenset[int]]
-#: (audience id, the any-event signal of its product key, test, the signal ids it reads)
-ProductTest = tuple[str, int, Test, frozenset[int]]
-#: The tests a set of changed signals can change the answer of, their audiences, and the
-#: signals those read.
-Chosen = tuple[list[PersonTest], list[ProductTest], frozenset[str], frozenset[int]]
 
 
 @dataclass(frozen=True)
 class EvaluationProgram:
-    """``keep``: what the audiences read of a person's state (:mod:`~.state_read`); a test per
-    audience."""
+    """``params``: the audiences' parameters of the state statement
+    (:func:`~.state_read.state_sql`); a test per audience."""
 
-    keep: Keep
-    person_tests: tuple[PersonTest, ...]
-    product_tests: tuple[ProductTest, ...]
+    params: dict[str, Any]
+    #: (audience id, test, the signal ids its rule reads)
+    person_tests: tuple[tuple[str, Test, frozenset[int]], ...]
+    #: (audience id, the any-event signal of its product key, test, the signal ids it reads)
+    product_tests: tuple[tuple[str, int, Test, frozenset[int]], ...]
     thresholds: frozenset[int]
     signals: frozenset[Signal]
-    _memo: dict[frozenset[int] | None, Chosen] = field(
-        default_factory=dict, compare=False, repr=False
-    )
 
-    def affected(self, changed: frozenset[int]) -> tuple[frozenset[str], frozenset[int]]:
-        """The audiences that read a signal of ``changed`` (the only ones a person's answers
-        can change in, when those are the signals their new events changed: time-driven
-        changes are the timer pass's), and the signals they read."""
-        _, _, audiences, reads = self._tests_of(changed)
-        return audiences, reads
-
-    def _tests_of(self, changed: frozenset[int] | None) -> Chosen:
-        found = self._memo.get(changed)
-        if found is None:
-            person = [
-                t for t in self.person_tests if changed is None or not changed.isdisjoint(t[2])
-            ]
-            product = [
-                t for t in self.product_tests if changed is None or not changed.isdisjoint(t[3])
-            ]
-            ids = frozenset(t[0] for t in person) | frozenset(t[0] for t in product)
-            reads = frozenset().union(*(t[2] for t in person), *(t[3] for t in product))
-            reads |= {t[1] for t in product}  # a product state needs its anchor
-            found = self._memo[changed] = (person, product, ids, reads)
-        return found
-
-    def members(
-        self,
-        states: PersonStates,
-        now: int,
-        changed: Mapping[str, frozenset[int]] | None = None,
-    ) -> dict[Key, tuple[str, ...]]:
+    def members(self, states: PersonStates, now: int) -> dict[Key, tuple[str, ...]]:
         """The qualifying (audience, person) pairs with their products (empty for
-        person-level audiences); for a person in ``changed``, only among the audiences
-        :meth:`affected` by their changed signals.
+        person-level audiences).
 
         A rule reads only its own signals, and a signal a state lacks reads as empty: a state
         with none of them gets the answer of the empty state, computed once per audience
         (with 25 audiences a site, most persons have the signals of a few)."""
         found: dict[Key, tuple[str, ...]] = {}
         empty = SignalState()
-        blanks = {a: t(empty, now) for a, t, _ in self.person_tests}
-        blanks.update({a: t(empty, now) for a, _, t, _ in self.product_tests})
-        changed = changed or {}
-        everything = self._tests_of(None)
         if self.person_tests:
+            person_tests = [(a, t, ids, t(empty, now)) for a, t, ids in self.person_tests]
             for person, state in states.persons.items():
                 held = state.last.keys()
-                signals = changed.get(person)
-                tests = everything[0] if signals is None else self._tests_of(signals)[0]
-                for audience_id, test, ids in tests:
-                    if test(state, now) if not held.isdisjoint(ids) else blanks[audience_id]:
+                for audience_id, test, ids, blank in person_tests:
+                    if test(state, now) if not held.isdisjoint(ids) else blank:
                         found[(audience_id, person)] = ()
         if self.product_tests:
+            product_tests = [(a, k, t, ids, t(empty, now)) for a, k, t, ids in self.product_tests]
             chosen: dict[Key, list[str]] = {}
             for (person, product), state in states.products.items():
                 held = state.last.keys()
-                signals = changed.get(person)
-                products = everything[1] if signals is None else self._tests_of(signals)[1]
-                for audience_id, anchor, test, ids in products:
+                for audience_id, anchor, test, ids, blank in product_tests:
                     if anchor not in held:
                         continue
-                    if test(state, now) if not held.isdisjoint(ids) else blanks[audience_id]:
+                    if test(state, now) if not held.isdisjoint(ids) else blank:
                         chosen.setdefault((audience_id, person), []).append(product)
-            for key, products_of in chosen.items():
-                found[key] = tuple(sorted(products_of))
+            for key, products in chosen.items():
+                found[key] = tuple(sorted(products))
         return found
 
     def dues(self, states: PersonStates) -> dict[str, int]:
@@ -127,8 +86,8 @@ def build_program(
     for rule in rules:
         for signal, need in rule.needs:
             needs[signal] = needs.get(signal, need).merge(need)
-    person_tests: list[PersonTest] = []
-    product_tests: list[ProductTest] = []
+    person_tests: list[tuple[str, Test, frozenset[int]]] = []
+    product_tests: list[tuple[str, int, Test, frozenset[int]]] = []
     for a, rule in zip(evaluate, rules, strict=True):
         test = rule_function(a.spec, site_audiences)
         ids = frozenset(s.id for s in rule.reads)
@@ -138,7 +97,7 @@ def build_program(
             anchor = any_event(a.spec.site, a.spec.products.property).id
             product_tests.append((a.spec.id, anchor, test, ids))
     return EvaluationProgram(
-        keep=keep_of(signals, needs, thresholds),
+        params=state_params(signals, needs, thresholds),
         person_tests=tuple(person_tests),
         product_tests=tuple(product_tests),
         thresholds=thresholds,

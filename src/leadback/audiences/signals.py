@@ -34,10 +34,9 @@ ELIGIBLE = "NOT bot AND NOT startsWith(visitor_id, 'e:') AND source != 'signal'"
 #: The per-event value the feed produces: (signal, product, keep times).
 ENTRY_TYPE = "Array(Tuple(UInt64, String, UInt8))"
 FEED_PREFIX = "person_signals_feed_"
-#: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007,
-#: ``stored_at`` since 0008) and the shape of its statement (tests in an inner select): a view of
-#: another is replaced at start.
-FEED_LAYOUT = "arrays:inner-tests:stored-at"
+#: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007) and
+#: the shape of its statement (tests in an inner select): a view of another is replaced at start.
+FEED_LAYOUT = "arrays:inner-tests"
 
 
 @dataclass(frozen=True)
@@ -148,12 +147,10 @@ ROW_COLUMNS = {
 
 def state_select(db: str, signals: Iterable[Signal], where: str = "") -> str:
     """``person_signals`` rows of the ``events`` rows matching ``where``:
-    the feed's statement, and the backfill's for one range. ``stored_at``: when the statement
-    ran (a segmenter's state cache reads only what was written since it last read a person)."""
+    the feed's statement, and the backfill's for one range."""
     condition = ELIGIBLE + (f" AND {where}" if where else "")
     return f"""SELECT site_id, visitor_id, entry.1 AS signal, entry.2 AS product,
-    groupUniqArrayIf((t, h), entry.3 = 1) AS times, max(t) AS last_t,
-    toUnixTimestamp64Milli(now64(3)) AS stored_at
+    groupUniqArrayIf((t, h), entry.3 = 1) AS times, max(t) AS last_t
 FROM ({entries_select(signals, ROW_COLUMNS, f"{db}.events WHERE {condition}")})
 ARRAY JOIN entries AS entry
 GROUP BY site_id, visitor_id, signal, product"""

@@ -53,25 +53,6 @@ def samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
         yield Sample(
             "leadback_identity_links", "identity links applied", "counter", au.identity_links
         )
-        cache = engine.state_cache
-        yield Sample(
-            "leadback_audience_state_cache_hits",
-            "persons whose state a round took from memory (reading only what was stored since)",
-            "counter",
-            cache.hits,
-        )
-        yield Sample(
-            "leadback_audience_state_cache_misses",
-            "persons whose state was read whole while the cache is on (not held yet)",
-            "counter",
-            cache.misses,
-        )
-        yield Sample(
-            "leadback_audience_state_cache_persons",
-            "persons held by the state cache",
-            "gauge",
-            len(cache),
-        )
         yield Sample(
             "leadback_audiences_not_live",
             "active audiences whose signals are still being backfilled",

@@ -55,19 +55,11 @@ def build_engine(
     settings: Settings, store: ClickHouseStore, producer: RdKafkaProducer
 ) -> AudienceEngine:
     """The audience engine publishing to the change topic through ``producer`` (its own, from
-    :func:`change_producer`), with the state cache the settings allow."""
+    :func:`change_producer`)."""
     publisher = QueuedChangePublisher(
         producer, settings.kafka.topic_changes, timeout_s=CHANGES_TIMEOUT_S
     )
-    return AudienceEngine(store, publisher, state_cache=state_cache_persons(settings))
-
-
-def state_cache_persons(settings: Settings) -> int:
-    """How many persons the engine's state cache holds (0: off). It is right only while one
-    segmenter writes the store: the operator turns it on."""
-    if settings.audiences.state_cache == "off":
-        return 0
-    return settings.audiences.state_cache_persons
+    return AudienceEngine(store, publisher)
 
 
 def build_segmenter(
