@@ -19,6 +19,8 @@ from tests.integration.test_crash_recovery import canonical
 
 pytestmark = pytest.mark.integration
 
+FROM_4 = [m.version for m in available() if m.version >= 4]  # 4 and every later one
+
 # Received on three days in two months: old daily partitions 3, new monthly ones 2.
 RECEIVED = ["2026-10-30T23:59:59.999Z", "2026-11-01T00:00:00.000Z", "2026-11-20T12:00:00.000Z"]
 EVENT_TIME = 4  # the migration under test
@@ -111,7 +113,7 @@ async def _assert_views_fire(store: ClickHouseStore) -> None:
 async def test_an_existing_table_moves_to_the_event_time_with_every_row(
     old_store: ClickHouseStore,
 ) -> None:
-    assert await migrate(old_store) == [4, 5, 6, 7]
+    assert await migrate(old_store) == FROM_4
     await _assert_moved(old_store)
     await _assert_views_fire(old_store)
     assert await migrate(old_store) == []
@@ -124,7 +126,7 @@ async def test_a_crash_before_the_swap_is_retried_from_the_start(
     for statement in (drop, create, copy):  # died after the copy, before the swap
         await old_store.command(statement)
     await old_store.command(copy)  # ... or a copy ran twice: the work table is dropped first
-    assert await migrate(old_store) == [4, 5, 6, 7]
+    assert await migrate(old_store) == FROM_4
     await _assert_moved(old_store)
     await _assert_views_fire(old_store)
 
@@ -135,13 +137,13 @@ async def test_a_crash_after_the_swap_is_recorded_and_the_old_table_dropped(
     *done, _drop_old = await _statements_of_0004(old_store)
     for statement in done:  # died after the swap, before dropping the old table
         await old_store.command(statement)
-    assert await migrate(old_store) == [4, 5, 6, 7]
+    assert await migrate(old_store) == FROM_4
     await _assert_moved(old_store)
     await _assert_views_fire(old_store)
     recorded = await old_store.query(
         f"SELECT version FROM {old_store.database}.schema_migrations FINAL ORDER BY version"
     )
-    assert [int(r[0]) for r in recorded] == [1, 2, 3, 4, 5, 6, 7]
+    assert [int(r[0]) for r in recorded] == [m.version for m in available()]
 
 
 def test_an_event_written_now_carries_its_event_time() -> None:

@@ -23,7 +23,7 @@ from leadback.audiences.repository import StoredAudience
 from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
 from leadback.clock import Clock
 from leadback.store.client import ClickHouseStore
-from leadback.store.literals import string_pairs, strings
+from leadback.store.literals import string_pairs
 
 
 @dataclass
@@ -115,17 +115,15 @@ class Evaluator:
             "now": now,
             "since": now - self._store.settings.events_ttl_days * 86_400_000,
         }
-        states = group_states(
-            await self._store.query(state_sql(self._db, string_pairs(pairs)), params)
-        )
+        wanted = string_pairs(pairs)  # built once, read by both statements
+        states = group_states(await self._store.query(state_sql(self._db, wanted), params))
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
         for site, a, p, st, v, e, pr in await self._store.query(
-            memberships_sql(self._db, strings(sorted({p for _, p in pairs}))),
+            memberships_sql(self._db, wanted),
             {"audiences": audience_pairs},
         ):
-            if str(p) in work[str(site)][0]:
-                stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
+            stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
         for site, (persons, evaluate) in sorted(work.items()):
             site_states = states.get(site, PersonStates())
             program = programs[site]

@@ -240,21 +240,21 @@ FROM {db}.memberships FINAL
 WHERE site_id = {{site:String}} AND audience_id IN {_array(audience_ids)}{pfilter}"""
 
 
-def memberships_sql(db: str, person_ids: str) -> str:
-    """The stored memberships of ``person_ids`` (an ``Array(String)`` expression,
-    :func:`leadback.store.literals.strings`) in
-    ``audiences`` ((site, audience) pairs), of any number of sites: (site_id, audience_id,
-    person_id, state, version, entered_at, products). The same person id on two sites comes
-    back for both; the caller keeps the pairs it asked for.
+def memberships_sql(db: str, persons: str) -> str:
+    """The stored memberships of ``persons`` (an ``Array(Tuple(String, String))`` expression of
+    (site, person) pairs, :func:`leadback.store.literals.string_pairs`) in ``audiences``
+    ((site, audience) pairs), of any number of sites: (site_id, audience_id, person_id, state,
+    version, entered_at, products).
 
     The condition is a ``PREWHERE``: it reads only sorting-key columns, so every version of a
     membership passes it or none does, and ``FINAL`` then merges only the rows it kept (without
     it ``FINAL`` merged every row of the audiences first: 599 against 97 ms for 3,000 persons
-    in 5M memberships)."""
+    in 5M memberships). Its first part is the table's sort prefix (migration 0010), so the read
+    opens the granules of these persons only, not every granule of their audiences."""
     return f"""SELECT site_id, audience_id, person_id, state, version, entered_at, products
 FROM {db}.memberships FINAL
-PREWHERE (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}
-    AND person_id IN {as_set(person_ids)}"""
+PREWHERE (site_id, person_id) IN {as_set(persons)}
+    AND (site_id, audience_id) IN {{audiences:Array(Tuple(String, String))}}"""
 
 
 def _anchor(spec: AudienceSpec) -> Signal:
