@@ -59,8 +59,9 @@ from bench.procs import spawn, stop
 from leadback.broker import EmbeddedBroker, free_port
 from leadback.kafka.topics import ensure_topics
 
-PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "2"))  # what `leadback up` creates
-CHANGE_PARTITIONS = 6
+# What `leadback up` creates on its embedded broker (events and changes alike).
+PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "1"))
+CHANGE_PARTITIONS = PARTITIONS
 PROBE_EVERY_S = 0.1
 WARMUP_MIN_S = 6.0
 # After a start from a kept copy (`reuse_startup`): the first timer pass evaluates everyone who

@@ -84,8 +84,8 @@ class KafkaSettings(BaseModel):
         None,
         ge=1,
         le=1024,
-        description="partitions for topics Leadback creates; default 6, or 2 on the embedded "
-        "broker (one segmenter, and each partition costs an insert per round)",
+        description="partitions for topics Leadback creates; default 6, or 1 on the embedded "
+        "broker (it serves one segmenter, and each partition costs an insert per round)",
     )
     embedded_port: int = Field(0, ge=0, le=65535, description="embedded broker port; 0 = any free")
     session_timeout_ms: int | None = Field(
@@ -106,7 +106,7 @@ class KafkaSettings(BaseModel):
         """Partitions of the events and change topics Leadback creates."""
         if self.partitions is not None:
             return self.partitions
-        return 2 if self.is_embedded else 6
+        return 1 if self.is_embedded else 6
 
     def consumer_session_timeout_ms(self, *, embedded_broker: bool) -> int:
         if self.session_timeout_ms is not None:

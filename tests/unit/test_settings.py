@@ -20,6 +20,15 @@ def test_defaults_give_the_embedded_mode(monkeypatch: pytest.MonkeyPatch) -> Non
     assert s.kafka.producer_idempotent(embedded_broker=True) is False
     assert s.kafka.producer_idempotent(embedded_broker=False) is True
     assert "demo" in s.sites
+    # The embedded broker serves one segmenter: one partition, one events insert per round.
+    assert s.kafka.topic_partitions == 1
+
+
+def test_partitions_default_to_six_on_a_kafka_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEADBACK_KAFKA_BOOTSTRAP", "kafka-1:9092")
+    assert load_settings().kafka.topic_partitions == 6
+    monkeypatch.setenv("LEADBACK_KAFKA_PARTITIONS", "12")
+    assert load_settings().kafka.topic_partitions == 12
 
 
 def test_environment_variables_reach_nested_sections(monkeypatch: pytest.MonkeyPatch) -> None:
