@@ -19,7 +19,7 @@ is events/s per core; it is also reported per thread (``MainThread``: the Python
 ``clickhouse``: the thread calling chDB; ``ThreadPool``/``MergeMutate``: ClickHouse's query and
 merge pools; ``kafka-consumer``/``rdk:*``: librdkafka).
 
-    python -m bench.segmenter [--events 1000000] [--rounds 3] [--partitions 2]
+    python -m bench.segmenter [--events 1000000] [--rounds 3] [--partitions 1]
                               [--set FIELD=VALUE ...]  # e.g. --set batch_max_events=50000
 
 Prints a table and writes raw results to bench/results/segmenter-<time>.json.
@@ -435,7 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--partitions", type=int, default=2, help="of the preloaded topic")
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="of the preloaded topic (`leadback up`: 1)"
+    )
     parser.add_argument("--raw-batch", type=int, default=100_000, help="rows per raw insert")
     parser.add_argument(
         "--idle-timeout", type=float, default=60.0, help="give up after no progress this long"
