@@ -25,6 +25,7 @@ def test_defaults_give_the_embedded_mode(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_partitions_default_to_six_on_a_kafka_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEADBACK_KAFKA_PARTITIONS", raising=False)
     monkeypatch.setenv("LEADBACK_KAFKA_BOOTSTRAP", "kafka-1:9092")
     assert load_settings().kafka.topic_partitions == 6
     monkeypatch.setenv("LEADBACK_KAFKA_PARTITIONS", "12")

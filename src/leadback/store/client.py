@@ -78,9 +78,9 @@ _SETTINGS = {"max_query_size": 64 * 1024 * 1024}
 
 
 def _chdb_settings() -> dict[str, int]:
-    """The in-process engine sizes its thread pools by the machine's cores, not by the cores
-    this process may run on: pinned to one core (as the benchmarks pin the segmenter), its
-    queries ran two threads that took turns on it."""
+    """Settings of the in-process engine, its query threads limited to the cores this process
+    may run on: chDB counts the machine's, so pinned to one core (as the benchmarks pin the
+    segmenter) its queries ran two threads that took turns on it."""
     settings = dict(_SETTINGS)
     if hasattr(os, "sched_getaffinity"):
         allowed = len(os.sched_getaffinity(0))
