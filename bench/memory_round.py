@@ -10,10 +10,10 @@ the product's own transition code (``Evaluator._outcome``) run on them; then the
 round would still make, with no feed view: ``events``, the new ``person_signals`` rows,
 ``audience_changes`` and ``memberships``.
 
-The Python predicates here cover what the bench audiences use and only approximate the SQL's
-JSON semantics (``leadback.audiences.predicates``: raw JSON text of numbers, numeric strings,
-missing keys); trimming, due times, identities and the Kafka publish are left out (measured
-elsewhere: docs/performance.md). It answers one question: how much cheaper per event.
+The events are tested with ``leadback.audiences.event_tests``, the Python twin of the feed's
+SQL (a property test holds them to the same answers). Trimming, due times, identities and the
+Kafka publish are left out (measured elsewhere: docs/performance.md). It answers one question:
+how much cheaper per event.
 
     python -m bench.memory_round [--rounds 8] [--events 8000] [--audiences 500]
 
@@ -26,12 +26,11 @@ import argparse
 import asyncio
 import collections
 import gc
-import operator
 import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -46,9 +45,10 @@ from leadback.audiences.compiler import compile_rule
 from leadback.audiences.diff import Stored
 from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.evaluation import Outcome
+from leadback.audiences.event_tests import EventTest, compile_match, eligible, product_ids
 from leadback.audiences.predicates import match_sql
 from leadback.audiences.rule_functions import SignalState
-from leadback.audiences.rules import EventMatch, Filter, parse_audiences
+from leadback.audiences.rules import EventMatch, parse_audiences
 from leadback.audiences.state_read import PersonStates
 from leadback.clock import ManualClock
 from leadback.logs import configure_logging
@@ -57,7 +57,6 @@ from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
 NOW = 1_800_000_000.0
-EventTest = Callable[[dict[str, Any]], bool]
 
 
 def _matches(node: Any) -> Iterator[EventMatch]:
@@ -70,89 +69,6 @@ def _matches(node: Any) -> Iterator[EventMatch]:
     elif isinstance(node, list | tuple):
         for item in node:
             yield from _matches(item)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return orjson.dumps(value).decode()
-
-
-def _getter(f: Filter) -> Callable[[dict[str, Any]], Any]:
-    if f.property is not None:
-        path = f.property.split(".")
-
-        def prop(e: dict[str, Any]) -> Any:
-            cur: Any = e.get("properties") or {}
-            for part in path:
-                if not isinstance(cur, dict) or part not in cur:
-                    return None
-                cur = cur[part]
-            return cur
-
-        return prop
-    assert f.field is not None
-    head, _, tail = f.field.partition(".")
-    if tail:
-        return lambda e: (e.get(head) or {}).get(tail) or None
-    return lambda e: e.get(head) or None
-
-
-def _filter(f: Filter) -> EventTest:
-    get, op, value = _getter(f), f.op, f.value
-
-    def text(e: dict[str, Any]) -> str:
-        v = get(e)
-        return "" if v is None else _text(v)
-
-    if op == "exists":
-        return lambda e: get(e) is not None
-    if op in ("in", "not_in"):
-        assert isinstance(value, list)
-        allowed, negate = {_text(v) for v in value}, op == "not_in"
-        return lambda e: (text(e) in allowed) != negate
-    if op in ("gt", "gte", "lt", "lte"):
-        compare = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}[op]
-        bound = float(value)  # type: ignore[arg-type]
-
-        def number(e: dict[str, Any]) -> bool:
-            v = get(e)
-            return isinstance(v, int | float) and compare(float(v), bound)
-
-        return number
-    if op == "contains":
-        needle = str(value)
-        return lambda e: needle in text(e)
-    if op == "starts_with":
-        prefix = str(value)
-        return lambda e: text(e).startswith(prefix)
-    expected, negate = _text(value), op == "ne"
-    return lambda e: (text(e) == expected) != negate
-
-
-def _match(m: EventMatch) -> EventTest:
-    types, name, filters = frozenset(m.types), m.name, [_filter(f) for f in m.where]
-
-    def test(e: dict[str, Any]) -> bool:
-        if e["type"] not in types or (name is not None and e.get("name") != name):
-            return False
-        return all(f(e) for f in filters)
-
-    return test
-
-
-def _product_ids(e: dict[str, Any], key: str) -> list[str]:
-    props = e.get("properties") or {}
-    found = [] if props.get(key) in (None, "") else [_text(props[key])]
-    items = props.get("items") or []
-    found.extend(
-        _text(i[key]) for i in items if isinstance(i, dict) and i.get(key) not in (None, "")
-    )
-    return found
 
 
 class MemoryRound:
@@ -172,7 +88,7 @@ class MemoryRound:
                 for s in compile_rule(a.spec, specs).signals:
                     by_predicate.setdefault(s.predicate, []).append((s.id, s.product_key, s.times))
             self.tests[site] = [
-                ((lambda e: True) if pred == "1" else _match(steps[pred]), sorted(set(sigs)))
+                ((lambda e: True) if pred == "1" else compile_match(steps[pred]), sorted(set(sigs)))
                 for pred, sigs in by_predicate.items()
             ]
         self.persons: dict[tuple[str, str], SignalState] = {}
@@ -196,11 +112,13 @@ class MemoryRound:
             e = orjson.loads(raw)
             site, visitor = e["site_id"], e["visitor_id"]
             touched[site].add(visitor)
+            if not eligible(e):
+                continue
             for test, signals in self.tests.get(site, ()):
                 if not test(e):
                     continue
                 for signal, key, keep in signals:
-                    targets = [""] if key is None else _product_ids(e, key)
+                    targets = [""] if key is None else product_ids(e, key)
                     for product in targets:
                         if key is None:
                             state = self.persons.setdefault((site, visitor), SignalState())

@@ -45,7 +45,7 @@ def _filter_sql(f: Filter) -> str:
         return exists
     if f.op in ("in", "not_in"):
         assert isinstance(value, list)
-        items = ", ".join(literal(_as_text(v)) for v in value)
+        items = ", ".join(literal(as_text(v)) for v in value)
         neg = "NOT " if f.op == "not_in" else ""
         return f"({text} {neg}IN ({items}))"
     assert value is not None and not isinstance(value, list)
@@ -59,10 +59,11 @@ def _filter_sql(f: Filter) -> str:
     sym = "=" if f.op == "eq" else "!="
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"({exists} AND {number} {sym} {literal(value)})"
-    return f"({text} {sym} {literal(_as_text(value))})"
+    return f"({text} {sym} {literal(as_text(value))})"
 
 
-def _as_text(value: str | float | bool) -> str:
+def as_text(value: str | float | bool) -> str:
+    """A filter value as the text events are compared with (``true``, ``5`` for 5.0)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
