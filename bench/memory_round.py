@@ -10,10 +10,10 @@ the product's own transition code (``Evaluator._outcome``) run on them; then the
 round would still make, with no feed view: ``events``, the new ``person_signals`` rows,
 ``audience_changes`` and ``memberships``.
 
-The events are tested with ``leadback.audiences.event_tests``, the Python twin of the feed's
-SQL (a property test holds them to the same answers). Trimming, due times, identities and the
-Kafka publish are left out (measured elsewhere: docs/performance.md). It answers one question:
-how much cheaper per event.
+The events are tested with ``leadback.audiences.event_tests.SignalTests``, the Python twin of
+the feed's SQL (property tests hold them to the same answers). Trimming, due times, identities
+and the Kafka publish are left out (measured elsewhere: docs/performance.md). It answers one
+question: how much cheaper per event.
 
     python -m bench.memory_round [--rounds 8] [--events 8000] [--audiences 500]
 
@@ -30,12 +30,10 @@ import random
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import yaml
-from pydantic import BaseModel
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
 
 from bench.audience_sets import audience_sites, many_audiences_yaml
@@ -45,10 +43,9 @@ from leadback.audiences.compiler import compile_rule
 from leadback.audiences.diff import Stored
 from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.evaluation import Outcome
-from leadback.audiences.event_tests import EventTest, compile_match, eligible, product_ids
-from leadback.audiences.predicates import match_sql
+from leadback.audiences.event_tests import SignalTests
 from leadback.audiences.rule_functions import SignalState
-from leadback.audiences.rules import EventMatch, parse_audiences
+from leadback.audiences.rules import parse_audiences
 from leadback.audiences.state_read import PersonStates
 from leadback.clock import ManualClock
 from leadback.logs import configure_logging
@@ -59,18 +56,6 @@ from leadback.store.migrations import migrate
 NOW = 1_800_000_000.0
 
 
-def _matches(node: Any) -> Iterator[EventMatch]:
-    """Every event step in a rule (pydantic models, lists)."""
-    if isinstance(node, EventMatch):
-        yield node
-    elif isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            yield from _matches(getattr(node, name))
-    elif isinstance(node, list | tuple):
-        for item in node:
-            yield from _matches(item)
-
-
 class MemoryRound:
     """The in-memory round: state and memberships in dicts, the product's rules and diff."""
 
@@ -79,18 +64,12 @@ class MemoryRound:
         defs = engine._definitions
         self._live = {s: defs.live(s) for s in sites}
         self._programs = {s: defs.program(s, self._live[s]) for s in sites}
-        self.tests: dict[str, list[tuple[EventTest, list[tuple[int, str | None, bool]]]]] = {}
+        signals = set()
         for site in sites:
             specs = {a.spec.id: a.spec for a in self._live[site]}
-            steps = {match_sql(m): m for a in self._live[site] for m in _matches(a.spec.rule)}
-            by_predicate: dict[str, list[tuple[int, str | None, bool]]] = {}
             for a in self._live[site]:
-                for s in compile_rule(a.spec, specs).signals:
-                    by_predicate.setdefault(s.predicate, []).append((s.id, s.product_key, s.times))
-            self.tests[site] = [
-                ((lambda e: True) if pred == "1" else compile_match(steps[pred]), sorted(set(sigs)))
-                for pred, sigs in by_predicate.items()
-            ]
+                signals |= compile_rule(a.spec, specs).signals
+        self.tests = SignalTests(signals)
         self.persons: dict[tuple[str, str], SignalState] = {}
         self.products: dict[tuple[str, str, str], SignalState] = {}
         self.members: dict[str, dict[tuple[str, str], Stored]] = collections.defaultdict(dict)
@@ -112,33 +91,24 @@ class MemoryRound:
             e = orjson.loads(raw)
             site, visitor = e["site_id"], e["visitor_id"]
             touched[site].add(visitor)
-            if not eligible(e):
-                continue
-            for test, signals in self.tests.get(site, ()):
-                if not test(e):
-                    continue
-                for signal, key, keep in signals:
-                    targets = [""] if key is None else product_ids(e, key)
-                    for product in targets:
-                        if key is None:
-                            state = self.persons.setdefault((site, visitor), SignalState())
-                        else:
-                            state = self.products.setdefault(
-                                (site, visitor, product), SignalState()
-                            )
-                        self._note(state, signal, keep, now)
-                        rows.append(
-                            orjson.dumps(
-                                {
-                                    "site_id": site,
-                                    "visitor_id": visitor,
-                                    "signal": signal,
-                                    "product": product,
-                                    "times": [[now, 0]],
-                                    "last_t": now,
-                                }
-                            )
-                        )
+            for signal, product, keep in self.tests.entries(e):
+                if product:
+                    state = self.products.setdefault((site, visitor, product), SignalState())
+                else:
+                    state = self.persons.setdefault((site, visitor), SignalState())
+                self._note(state, signal, keep, now)
+                rows.append(
+                    orjson.dumps(
+                        {
+                            "site_id": site,
+                            "visitor_id": visitor,
+                            "signal": signal,
+                            "product": product,
+                            "times": [[now, 0]],
+                            "last_t": now,
+                        }
+                    )
+                )
         outcome = Outcome()
         for site, visitors in touched.items():
             states = PersonStates()

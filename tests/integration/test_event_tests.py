@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from leadback.audiences.event_tests import (
+    SignalTests,
     clickhouse_float,
     compile_match,
     eligible,
@@ -28,7 +29,7 @@ from leadback.audiences.event_tests import (
 )
 from leadback.audiences.predicates import match_sql, product_ids_sql
 from leadback.audiences.rules import EventMatch, FieldName, Filter
-from leadback.audiences.signals import ELIGIBLE
+from leadback.audiences.signals import ELIGIBLE, Signal, any_event, entries_select
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 from tests.integration.audience_kit import event
@@ -69,7 +70,7 @@ maybe_text = st.one_of(st.none(), texts)
 def events(draw: st.DrawFn) -> dict[str, Any]:
     e: dict[str, Any] = dict(
         event(
-            "s",
+            draw(st.sampled_from(["s", "t", "u"])),
             draw(st.sampled_from(["v1", "v2", "e:x"])),
             draw(st.sampled_from(["page_view", "product_view", "custom"])),
             1_800_000_000.0,
@@ -160,6 +161,49 @@ async def test_python_tests_answer_like_the_stored_rows(
         assert eligible(e) == bool(ok), e
 
 
+@st.composite
+def signal_sets(draw: st.DrawFn) -> list[Signal]:
+    found = []
+    for site in ("s", "t"):
+        for step in draw(st.lists(steps, max_size=3)):
+            key = draw(st.sampled_from([None, "product_id", "a.b"]))
+            found.append(Signal(site, match_sql(step), key, draw(st.booleans()), match=step))
+        if draw(st.booleans()):
+            found.append(any_event(site, draw(st.sampled_from([None, "product_id"]))))
+    return found
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(batch=st.lists(events(), min_size=1, max_size=8), signals=signal_sets())
+async def test_signal_tests_make_the_feeds_entries(
+    db: ClickHouseStore, batch: list[dict[str, Any]], signals: list[Signal]
+) -> None:
+    assume(signals)
+    bodies = [orjson.dumps(e) for e in batch]
+    await db.insert_json_rows("events", b"\n".join(bodies), dedup_token=batch[0]["event_id"])
+    source = f"{db.database}.events WHERE {ELIGIBLE} AND event_id IN {{ids:Array(String)}}"
+    columns = {"event_id": "event_id", "site_id": "site_id"}
+    rows = await db.query(
+        f"SELECT event_id, entries FROM ({entries_select(signals, columns, source)})",
+        {"ids": [e["event_id"] for e in batch]},
+    )
+    fed = {str(r[0]): sorted((int(s), str(p), bool(k)) for s, p, k in r[1]) for r in rows}
+    tests = SignalTests(signals)
+    for body in bodies:
+        e = orjson.loads(body)
+        assert sorted(tests.entries(e)) == fed.get(e["event_id"], []), e
+
+
+def test_a_signal_without_its_step_cannot_be_tested_in_python() -> None:
+    step = EventMatch(event=["page_view"])
+    with pytest.raises(ValueError, match="no rule step"):
+        SignalTests([Signal("s", match_sql(step), None, times=True)])
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [
@@ -194,8 +238,11 @@ def test_strings_read_as_numbers_only_whole() -> None:
 def test_item_numbers_beyond_64_bits_come_back_as_strings() -> None:
     # ClickHouse hands each item on as text and reads it again: 1e20 prints as 21 digits,
     # too many for a 64-bit integer, and reads back as a string (seen with chDB 26.9).
-    e = {"properties": {"items": [{"product_id": 1e20}, {"product_id": {"a": -1e19}}]}}
+    items = [{"product_id": 1e20}, {"product_id": {"a": -1e19}}, {"product_id": -0.0}]
+    e = {"properties": {"product_id": -0.0, "items": items}}
     assert product_ids(e, "product_id") == [
+        "-0",  # printed once
         "100000000000000000000",
         '{"a":"-10000000000000000000"}',
+        "0",  # printed, read back as the integer 0, printed again
     ]

@@ -82,7 +82,7 @@ class _Context:
     def need(self, match: EventMatch, *, window: int | None = None, latest: int = 0) -> None:
         """Record what a use reads of ``match``'s times: those in ``window`` (``None`` with no
         ``latest``: all of them), and the ``latest`` few."""
-        signal = Signal(self.site, match_sql(match), self.product_key, times=True)
+        signal = Signal(self.site, match_sql(match), self.product_key, times=True, match=match)
         use = Need(everything=window is None and latest == 0, window=window or 0, latest=latest)
         self.needs[signal] = self.needs.get(signal, NOTHING).merge(use)
 
@@ -92,7 +92,7 @@ class _Context:
 
     def times(self, match: EventMatch) -> str:
         """The column holding the times of the events ``match`` selects."""
-        signal = Signal(self.site, match_sql(match), self.product_key, times=True)
+        signal = Signal(self.site, match_sql(match), self.product_key, times=True, match=match)
         self.signals.add(signal)
         return signal.column
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ import orjson
 
 from leadback.audiences.predicates import as_text
 from leadback.audiences.rules import EventMatch, Filter
+from leadback.audiences.signals import Signal, by_id
 
 #: A canonical event as decoded from its JSON.
 EventRow = Mapping[str, Any]
@@ -138,13 +139,14 @@ _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 
 def _reparsed(value: Any) -> Any:
     """A value as ClickHouse reads it back after printing it (``JSONExtractArrayRaw`` hands
-    on each item as text): a double printed as a whole number beyond 64 bits comes back as a
-    string of its digits."""
+    on each item as text): a double printed as a whole number comes back as an integer, or
+    beyond 64 bits as a string of its digits."""
     if isinstance(value, float):
         text = _double_text(value)
-        if "." not in text and "e" not in text and not _INT_MIN <= int(text) <= _UINT_MAX:
-            return text
-        return value
+        if "." in text or "e" in text:
+            return value
+        whole = int(text)  # read back as an integer: -0.0 becomes 0
+        return whole if _INT_MIN <= whole <= _UINT_MAX else text
     if isinstance(value, Mapping):
         return {k: _reparsed(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -263,3 +265,48 @@ def eligible(event: EventRow) -> bool:
         and not str(event.get("visitor_id") or "").startswith("e:")
         and event.get("source") != "signal"
     )
+
+
+#: One entry the feed makes for an event: (signal id, product id or ``''``, keep its time).
+Entry = tuple[int, str, bool]
+
+
+def _any_event(_e: EventRow) -> bool:
+    return True
+
+
+class SignalTests:
+    """The feed view's work for one event, in Python (:func:`~.signals.entries_select`): the
+    entries an event makes for ``signals`` of any number of sites, each distinct step tested
+    once per event."""
+
+    def __init__(self, signals: Iterable[Signal]) -> None:
+        by_site: dict[str, dict[str, tuple[EventTest, list[Signal]]]] = {}
+        for signal in by_id(signals):
+            tests = by_site.setdefault(signal.site, {})
+            if signal.predicate not in tests:
+                if signal.predicate == "1":
+                    test: EventTest = _any_event
+                elif signal.match is not None:
+                    test = compile_match(signal.match)
+                else:
+                    raise ValueError(f"signal {signal.id} has no rule step to test in Python")
+                tests[signal.predicate] = (test, [])
+            tests[signal.predicate][1].append(signal)
+        self._sites = {site: list(tests.values()) for site, tests in by_site.items()}
+
+    def entries(self, event: EventRow) -> list[Entry]:
+        """What the feed adds for ``event`` (nothing for one audiences do not see)."""
+        tests = self._sites.get(str(event.get("site_id")))
+        if not tests or not eligible(event):
+            return []
+        found: list[Entry] = []
+        for test, signals in tests:
+            if not test(event):
+                continue
+            for s in signals:
+                if s.product_key is None:
+                    found.append((s.id, "", s.times))
+                else:
+                    found.extend((s.id, p, s.times) for p in product_ids(event, s.product_key))
+        return found

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from leadback.audiences.predicates import literal, product_ids_sql
+from leadback.audiences.rules import EventMatch
 
 #: Events audiences never see (bots, visitors without a recognisable id, channel signals).
 ELIGIBLE = "NOT bot AND NOT startsWith(visitor_id, 'e:') AND source != 'signal'"
@@ -46,12 +47,15 @@ class Signal:
     ``predicate``: SQL over one ``events`` row (``1``: any event); ``product_key``: kept per
     product id found in ``properties.<key>`` / ``properties.items[].<key>`` (``None``: per
     person); ``times``: keep every matching time (else only the latest, which is all
-    ``idle``/``seen_within`` need)."""
+    ``idle``/``seen_within`` need); ``match``: the step the predicate came from."""
 
     site: str
     predicate: str
     product_key: str | None
     times: bool
+    #: The rule step ``predicate`` was written from (for the Python tests,
+    #: :mod:`~.event_tests`); not part of the signal's identity.
+    match: EventMatch | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def id(self) -> int:
