@@ -11,9 +11,10 @@ round would still make, with no feed view: ``events``, the new ``person_signals`
 ``audience_changes`` and ``memberships``.
 
 The events are tested with ``leadback.audiences.event_tests.SignalTests``, the Python twin of
-the feed's SQL (property tests hold them to the same answers). Trimming, due times, identities
-and the Kafka publish are left out (measured elsewhere: docs/performance.md). It answers one
-question: how much cheaper per event.
+the feed's SQL, and the times trimmed and the due times computed with ``state_read.trim_times``
+and ``due_time``, the twins of the state read's (property tests hold both to the same answers).
+Identities, the Kafka publish and the dispatcher are left out (measured elsewhere:
+docs/performance.md). It answers one question: how much cheaper per event.
 
     python -m bench.memory_round [--rounds 8] [--events 8000] [--audiences 500]
 
@@ -39,14 +40,14 @@ from tests.integration.audience_kit import RecordingPublisher, encoded, event
 from bench.audience_sets import audience_sites, many_audiences_yaml
 from bench.common import cpu_model
 from bench.history import CATEGORIES, MIX, PRODUCTS
-from leadback.audiences.compiler import compile_rule
+from leadback.audiences.compiler import NEVER, compile_rule
 from leadback.audiences.diff import Stored
 from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.evaluation import Outcome
 from leadback.audiences.event_tests import SignalTests
 from leadback.audiences.rule_functions import SignalState
 from leadback.audiences.rules import parse_audiences
-from leadback.audiences.state_read import PersonStates
+from leadback.audiences.state_read import PersonStates, due_time, trim_times
 from leadback.clock import ManualClock
 from leadback.logs import configure_logging
 from leadback.settings import ClickHouseSettings
@@ -54,6 +55,7 @@ from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import migrate
 
 NOW = 1_800_000_000.0
+TTL_MS = 395 * 86_400_000
 
 
 class MemoryRound:
@@ -110,20 +112,43 @@ class MemoryRound:
                     )
                 )
         outcome = Outcome()
+        since = now - TTL_MS
         for site, visitors in touched.items():
+            program = self._programs[site]
+            params = program.params
+            needs = dict(
+                zip(
+                    params["need_ids"],
+                    zip(params["need_window"], params["need_latest"], strict=True),
+                    strict=True,
+                )
+            )
             states = PersonStates()
             for v in visitors:
                 found = self.persons.get((site, v))
-                if found is not None:
-                    states.persons[v] = found
-            qualifying = self._programs[site].members(states, now)
+                if found is None:
+                    continue
+                # Trimmed like the state read (kept whole here: the due times read them too).
+                trimmed = {
+                    s: trim_times(ts, needs.get(s), now=now, since=since)
+                    for s, ts in found.times.items()
+                }
+                states.persons[v] = SignalState(trimmed, found.last)
+                states.due[v] = min(
+                    (
+                        due_time(found.times.get(s, ()), last, params["thresholds"], now=now)
+                        for s, last in found.last.items()
+                    ),
+                    default=NEVER,
+                )
+            qualifying = program.members(states, now)
             stored = {k: m for k, m in self.members[site].items() if k[1] in visitors}
             self._engine._evaluator._outcome(
                 site,
                 self._live[site],
                 qualifying,
                 stored,
-                {},
+                program.dues(states),
                 now=now,
                 token="memory",
                 exit_reason="no_longer_qualifies",

@@ -79,6 +79,34 @@ FROM (
 )"""
 
 
+def trim_times(
+    times: Sequence[int], need: tuple[int, int] | None, *, now: int, since: int
+) -> list[int]:
+    """``tt`` of :func:`state_sql` in Python: ``times`` up to ``now`` and after ``since``,
+    sorted, trimmed to what the rules read (``need``: (window, latest) of a trimmed signal;
+    ``None``: a signal read whole)."""
+    kept = sorted(t for t in times if since < t <= now)
+    if need is None:
+        return kept
+    window, latest = need
+    in_window = sum(1 for t in kept if t > now - window) if window > 0 else 0
+    keep = max(latest, in_window)
+    return kept[max(len(kept) - keep, 0) :] if keep > 0 else []
+
+
+def due_time(times: Sequence[int], last_t: int, thresholds: Sequence[int], *, now: int) -> int:
+    """``due`` of :func:`state_sql` in Python for one row: the earliest ``t + k`` after ``now``
+    over its recent times (within the largest threshold: each has one such moment) and the
+    site's thresholds ``k``; :data:`NEVER` with no recent time."""
+    if not thresholds:
+        return NEVER
+    oldest = now - max(thresholds)
+    recent = [t for t in (*times, last_t) if t > oldest]
+    if not recent:
+        return NEVER
+    return min(t + k for k in thresholds for t in recent if t + k > now)
+
+
 def state_params(
     signals: Iterable[Signal], needs: dict[Signal, Need], thresholds: Iterable[int]
 ) -> dict[str, Any]:
