@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import uvicorn
 from pydantic import SecretStr
@@ -26,6 +27,7 @@ from leadback.ingest.server import build_delivery, uvicorn_config
 from leadback.kafka.topics import ensure_topics, leadback_topics
 from leadback.settings import Settings, SiteSettings, load_settings
 from leadback.store.client import ClickHouseStore
+from leadback.store.migrations import migrate
 
 WRITE_KEY = "test-write-key-0123456789"
 
@@ -107,6 +109,26 @@ async def store(topics: Settings) -> AsyncIterator[ClickHouseStore]:
     with contextlib.suppress(Exception):
         await s.command(f"DROP DATABASE IF EXISTS {topics.clickhouse.database}")
     await s.close()
+
+
+@pytest.fixture
+async def db(store: ClickHouseStore) -> ClickHouseStore:
+    """``store`` with the project's migrations applied."""
+    await migrate(store)
+    return store
+
+
+def store_examples(n: int) -> Any:
+    """Hypothesis settings for ``n`` examples against a real store: no deadline (statements
+    take their time), and the function-scoped store shared by the examples."""
+    return hypothesis.settings(
+        max_examples=n,
+        deadline=None,
+        suppress_health_check=[
+            hypothesis.HealthCheck.function_scoped_fixture,
+            hypothesis.HealthCheck.too_slow,
+        ],
+    )
 
 
 class RunningIngest:

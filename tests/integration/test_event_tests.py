@@ -15,7 +15,7 @@ from typing import Any, get_args
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -31,7 +31,7 @@ from leadback.audiences.predicates import match_sql, product_ids_sql
 from leadback.audiences.rules import EventMatch, FieldName, Filter
 from leadback.audiences.signals import ELIGIBLE, Signal, any_event, entries_select
 from leadback.store.client import ClickHouseStore
-from leadback.store.migrations import migrate
+from tests.conftest import store_examples
 from tests.integration.audience_kit import event
 
 KEYS = ["a", "b", "price", "product_id"]
@@ -125,17 +125,7 @@ steps = st.builds(
 )
 
 
-@pytest.fixture
-async def db(store: ClickHouseStore) -> ClickHouseStore:
-    await migrate(store)
-    return store
-
-
-@settings(
-    max_examples=120,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@store_examples(120)
 @given(batch=st.lists(events(), min_size=1, max_size=8), tests=st.lists(steps, min_size=1))
 async def test_python_tests_answer_like_the_stored_rows(
     db: ClickHouseStore, batch: list[dict[str, Any]], tests: list[EventMatch]
@@ -173,11 +163,7 @@ def signal_sets(draw: st.DrawFn) -> list[Signal]:
     return found
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@store_examples(60)
 @given(batch=st.lists(events(), min_size=1, max_size=8), signals=signal_sets())
 async def test_signal_tests_make_the_feeds_entries(
     db: ClickHouseStore, batch: list[dict[str, Any]], signals: list[Signal]

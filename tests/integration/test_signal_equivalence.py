@@ -12,8 +12,7 @@ import itertools
 from typing import Any
 
 import orjson
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.audiences.backfill import SignalBackfill
@@ -30,8 +29,8 @@ from leadback.audiences.signals import Signal
 from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
-from leadback.store.migrations import migrate
 from tests.audience_reference import greedy, reference, rule_conditions, types
+from tests.conftest import store_examples
 from tests.integration.audience_kit import encoded, event
 
 DAY = 86_400.0
@@ -64,17 +63,7 @@ async def _rows(store: ClickHouseStore, sql: str, site: str, now: float) -> list
     return sorted((str(a), str(p), tuple(pr), int(d)) for a, p, pr, d in rows)
 
 
-@pytest.fixture
-async def db(store: ClickHouseStore) -> ClickHouseStore:
-    await migrate(store)
-    return store
-
-
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@store_examples(60)
 @given(
     rules=st.lists(st.tuples(conditions, st.booleans()), min_size=1, max_size=3),
     history=histories(),
@@ -138,9 +127,7 @@ async def _program_answer(
     return members, set(program.dues(states).items())
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@store_examples(150)
 @given(
     steps=st.lists(st.lists(st.integers(0, 40), max_size=12), min_size=2, max_size=4),
     within=st.one_of(st.none(), st.integers(1, 20)),

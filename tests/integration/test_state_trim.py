@@ -13,15 +13,14 @@ import itertools
 from typing import Any
 
 import orjson
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.audiences.compiler import NEVER
 from leadback.audiences.state_read import due_time, state_sql, trim_times
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
-from leadback.store.migrations import migrate
+from tests.conftest import store_examples
 
 NOW = 1_800_000_000_000
 HOUR = 3_600_000
@@ -48,17 +47,7 @@ needs = st.dictionaries(
 thresholds = st.lists(st.sampled_from([HOUR, 2 * HOUR, 24 * HOUR, 3 * 24 * HOUR]), max_size=3)
 
 
-@pytest.fixture
-async def db(store: ClickHouseStore) -> ClickHouseStore:
-    await migrate(store)
-    return store
-
-
-@settings(
-    max_examples=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@store_examples(80)
 @given(
     rows=stored_rows,
     need=needs,
