@@ -2,17 +2,19 @@
 
 The twin of :mod:`leadback.audiences.predicates`, which writes the same tests as SQL over a
 stored ``events`` row: for every event and every step, both answer the same (a property test
-runs both against ClickHouse). An evaluation that keeps its persons' signal state in memory
-tests a round's events here instead of reading back what the feed view wrote; the first user
-is ``bench.memory_round``.
+runs both against ClickHouse), and :class:`SignalTests` makes the feed view's entries for an
+event. An evaluation that keeps its persons' signal state in memory would test a round's
+events here instead of reading back what the feed wrote; the engine does not yet (the user
+today is ``bench.memory_round``, which measures that idea).
 
 Where the answers come from (ClickHouse's semantics, reproduced):
 
 * a property's *text* is ``JSONExtractString`` for a JSON string and ``JSONExtractRaw``
   otherwise: ClickHouse prints the value again, compact, with its own number format (the
   shortest digits of the double, plain from 1e-6 up to below 1e21 and ``1e21``/``1e-7``
-  beyond: ``1.50`` reads ``1.5``, ``1e2`` reads ``100``) and ``\\u2028``/``\\u2029`` escaped;
-  a missing key reads ``''`` and a JSON ``null`` reads ``null``;
+  beyond: ``1.50`` reads ``1.5``, ``1e2`` reads ``100``), control characters escaped in
+  capital hex and ``\\u2028``/``\\u2029`` escaped; a missing key reads ``''`` and a JSON
+  ``null`` reads ``null``; an item of ``properties.items`` is printed and read again first;
 * a property's *number* is ``JSONExtractFloat``: numbers as they are, a string holding only a
   number (``"12"``, ``"1e2"``, ``"-.5"``, ``"inf"``; not ``" 5"``) parsed, anything else 0;
   a field's is ``toFloat64OrZero`` of its text, the same parse;
