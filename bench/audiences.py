@@ -284,8 +284,16 @@ def round_line(f: dict[str, Any], seconds: float) -> str:
         f"median {_fmt(f.get('round_median_s'))} [{f.get('round_median_source', '-')}]; "
         f"{startup}, "
         f"warm-up {f['warmup_s']:.1f} s; pixel->evaluation p50 "
-        f"{_fmt(f['pixel_to_evaluation_p50_s'])})"
+        f"{_fmt(f['pixel_to_evaluation_p50_s'])}; during the load the segmenter used "
+        f"{f.get('segmenter_cores', float('nan')):.2f} of a core "
+        f"({_threads(f.get('segmenter_threads_cores', {}))}), ingest "
+        f"{f.get('ingest_cores', float('nan')):.2f})"
     )
+
+
+def _threads(cores: dict[str, float]) -> str:
+    """The busiest threads of a process, by name."""
+    return ", ".join(f"{name} {c:.2f}" for name, c in list(cores.items())[:5]) or "-"
 
 
 def summarize(case: Case, rounds: list[dict[str, Any]], cpu: str, seconds: float) -> dict[str, Any]:

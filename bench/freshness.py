@@ -55,7 +55,7 @@ from bench.history_cache import (
     shape_of,
 )
 from bench.loadgen import run_load
-from bench.procs import spawn, stop
+from bench.procs import spawn, stop, thread_cpu_of
 from leadback.broker import EmbeddedBroker, free_port
 from leadback.kafka.topics import ensure_topics
 
@@ -489,8 +489,19 @@ async def freshness(
             run_load("127.0.0.1", port, load, connections=4, seconds=seconds, rate=case.rate)
         )
         sampler = asyncio.create_task(sample())
+        threads0 = {n: thread_cpu_of(p.pid) for n, p in (("seg", segmenter), ("ing", ingest))}
+        cpu_t0 = time.perf_counter()
         await probes(t_end, 0, record=True)
         load_result = await load_run
+        # What each service used of the core they share during the load (by thread name).
+        cpu_s = time.perf_counter() - cpu_t0
+        threads = {
+            n: {
+                k: round((v - threads0[n].get(k, 0.0)) / cpu_s, 3)
+                for k, v in sorted(thread_cpu_of(p.pid).items(), key=lambda kv: -kv[1])
+            }
+            for n, p in (("seg", segmenter), ("ing", ingest))
+        }
         lag_events = await _lag(broker, names["events"], metrics_url)
         # The probes still on their way: wait while they keep arriving (a segmenter that falls
         # behind delivers them late, not never), at most DRAIN_MAX_S. The metrics are read
@@ -550,5 +561,9 @@ async def freshness(
         "reused_startup": reused,
         "settle_s": settle_s,
         "warmup_s": warmup_s,
+        # Cores used during the load, and per thread name (chDB's pools, ``python``...).
+        "segmenter_cores": round(sum(threads["seg"].values()), 3),
+        "ingest_cores": round(sum(threads["ing"].values()), 3),
+        "segmenter_threads_cores": {k: v for k, v in threads["seg"].items() if v >= 0.005},
         **metric_figures(scrapes),
     }

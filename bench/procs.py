@@ -105,6 +105,23 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_of(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a process's threads, summed by thread name (``comm``: chDB names
+    its pools, ``MergeMutate``, ``ThreadPool``...; Python threads show as ``python``)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in _listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")].rstrip("0123456789").rstrip(":_-")
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def cpu_by_pid(root: int) -> dict[int, float]:
     """utime + stime (seconds, all threads) of each process of the tree."""
     return {pid: _cpu_s(pid) for pid in tree_pids(root)}
