@@ -175,8 +175,10 @@ async def test_the_feed_of_many_sites_writes_what_each_signal_alone_would(
     signals: list[Signal] = []
     for n, site in enumerate(sites):
         for i, m in enumerate(matches[: n + 1]):
-            signals.append(Signal(site, match_sql(m), None, times=(i + n) % 2 == 0))
-        signals.append(Signal(site, match_sql(matches[0]), "product_id", times=True))
+            signals.append(Signal(site, match_sql(m), None, times=(i + n) % 2 == 0, match=m))
+        signals.append(
+            Signal(site, match_sql(matches[0]), "product_id", times=True, match=matches[0])
+        )
         signals.append(Signal(site, "1", "sku" if n else "product_id", times=False))
     await SignalBackfill(db).install_feed(signals)
     history = []

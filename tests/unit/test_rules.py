@@ -46,6 +46,25 @@ def audience(rule: Any, **extra: Any) -> dict[str, Any]:
             "rule.did.count",
             "below count.min",
         ),
+        (
+            audience(
+                {
+                    "did": {
+                        "event": "purchase",
+                        "where": [{"property": "v", "op": "gt", "value": float("inf")}],
+                    }
+                }
+            ),
+            "rule.did.where[0]",
+            "finite number",
+        ),
+        (
+            audience(
+                {"did": {"event": "purchase", "where": [{"property": "v", "value": float("nan")}]}}
+            ),
+            "rule.did.where[0]",
+            "finite number",
+        ),
         (audience({"not": {"any": []}}), "rule.not.any", "at least 1"),
         ({"id": "Bad Id", "site": "shop", "rule": {"idle": "1h"}}, "id", "pattern"),
         (audience({"idle": "1h"}, ttl="0s"), "ttl", "between 1s"),

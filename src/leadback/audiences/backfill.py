@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import orjson
 
 from leadback.audiences.predicates import literal
-from leadback.audiences.signals import FEED_PREFIX, Signal, feed_name, feed_sql, state_select
+from leadback.audiences.signals import (
+    FEED_PREFIX,
+    Signal,
+    feed_name,
+    feed_sql,
+    older_feed_names,
+    state_select,
+)
 from leadback.logs import get_logger
 from leadback.store.client import ClickHouseStore
 
@@ -81,9 +88,12 @@ class SignalBackfill:
 
     async def ensure_feed(self, signals: Sequence[Signal]) -> None:
         """Create the feed of ``signals`` if it is missing (a migration that rebuilt
-        ``person_signals`` dropped it); other feeds are left to :meth:`install_feed`."""
+        ``person_signals`` dropped it, or its statement's layout is new) and drop the same
+        signals' feed of an older layout; other feeds are left to :meth:`install_feed`."""
         if signals:
             await self._store.command(feed_sql(self._db, signals))
+            for old in older_feed_names(signals):
+                await self._store.command(f"DROP VIEW IF EXISTS {self._db}.{old}")
 
     async def install_feed(self, signals: Sequence[Signal]) -> FeedChange:
         """Make the feed match ``signals``; returns the signals that were not fed before."""

@@ -37,6 +37,7 @@ carries the products that qualify.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -109,6 +110,12 @@ class Filter(_Model):
             isinstance(self.value, bool) or not isinstance(self.value, int | float)
         ):
             raise ValueError(f"`{self.op}` compares numbers; value must be a number")
+        if (
+            isinstance(self.value, float)
+            and not math.isfinite(self.value)
+            and self.op in ("eq", "ne", "gt", "gte", "lt", "lte")
+        ):
+            raise ValueError(f"`{self.op}` compares numbers; value must be a finite number")
         if self.op in ("contains", "starts_with") and not isinstance(self.value, str):
             raise ValueError(f"`{self.op}` needs a string value")
         return self

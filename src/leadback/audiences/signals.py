@@ -29,6 +29,7 @@ from functools import cached_property
 
 from leadback.audiences.predicates import literal, product_ids_sql
 from leadback.audiences.rules import EventMatch
+from leadback.audiences.step_table import StepTable, constant
 
 #: Events audiences never see (bots, visitors without a recognisable id, channel signals).
 ELIGIBLE = "NOT bot AND NOT startsWith(visitor_id, 'e:') AND source != 'signal'"
@@ -37,7 +38,9 @@ ENTRY_TYPE = "Array(Tuple(UInt64, String, UInt8))"
 FEED_PREFIX = "person_signals_feed_"
 #: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007) and
 #: the shape of its statement (tests in an inner select): a view of another is replaced at start.
-FEED_LAYOUT = "arrays:inner-tests"
+FEED_LAYOUT = "arrays:step-table"
+#: Layouts feeds were made with before; :func:`older_feed_names` finds their views.
+OLDER_FEED_LAYOUTS = ("arrays:inner-tests",)
 
 
 @dataclass(frozen=True)
@@ -90,53 +93,76 @@ def entries_select(signals: Iterable[Signal], columns: Mapping[str, str], source
     (signal, product, keep times) entries each row of ``source`` (``events`` and a condition;
     the row needs ``site_id``) makes for ``signals`` of any number of sites.
 
-    Each distinct predicate is written once, whatever the number of sites and signals testing
-    it (``_m``: the row's results), and each site's signals are constant lists of (predicate,
-    signal) pairs picked by the row's site: ClickHouse analyses the feed's statement at every
-    insert, and that cost grows with the expression (about 0.4 ms per predicate), not with the
-    constants. The tests run in an inner select: where ``entries`` named them as aliases, the
-    analyser expanded them inside each lambda again (70 instead of 40 ms per insert with 500
-    audiences)."""
+    ClickHouse analyses the feed's statement at every insert, so its text does not grow with
+    the signals: their steps are a constant (:class:`~.step_table.StepTable`, each distinct
+    step once, whatever the number of sites and signals testing it), each site's steps a
+    constant list of positions in it, and each site's signals constant lists of (step, signal)
+    pairs; one lambda tests the row's site's steps (``_r``), and the signals whose step passed
+    make the entries. The tests run in an inner select: where ``entries`` named them as
+    aliases, the analyser expanded them inside each lambda again."""
     inner = ", ".join(f"{expr} AS {name}" for name, expr in columns.items())
     outer = ", ".join(columns)
     chosen = by_id(signals)
     if not chosen:
         empty = f"CAST([], '{ENTRY_TYPE}')"
         return f"SELECT {outer}, {empty} AS entries FROM (SELECT {inner} FROM {source})"
-    predicates = sorted({s.predicate for s in chosen})
-    index = {p: i + 1 for i, p in enumerate(predicates)}
+    for s in chosen:
+        if s.match is None and s.predicate != "1":
+            raise ValueError(f"signal {s.id} has no rule step to feed")
+    # Step 0 is "any event"; the others are positions in the table (1-based).
+    steps = sorted({s.predicate: s.match for s in chosen if s.match is not None}.items())
+    table = StepTable([m for _, m in steps])
+    step_of = {p: i + 1 for i, (p, _) in enumerate(steps)} | {"1": 0}
     keys = sorted({s.product_key for s in chosen if s.product_key is not None})
     key_index = {k: i + 1 for i, k in enumerate(keys)}
     sites = sorted({s.site for s in chosen})
-    person = _array(
-        _array(
-            f"({index[s.predicate]}, {s.id}, {int(s.times)})"
-            for s in chosen
-            if s.site == site and s.product_key is None
-        )
-        for site in sites
+    # Per site: the steps its signals test, and the signals by position in that list.
+    site_steps: dict[str, list[int]] = {}
+    position: dict[tuple[str, str], int] = {}
+    for s in chosen:
+        if (s.site, s.predicate) not in position:
+            site_steps.setdefault(s.site, []).append(step_of[s.predicate])
+            position[(s.site, s.predicate)] = len(site_steps[s.site])
+    person = constant(
+        [
+            [
+                [position[(site, s.predicate)], s.id, int(s.times)]
+                for s in chosen
+                if s.site == site and s.product_key is None
+            ]
+            for site in sites
+        ],
+        "Array(Array(Tuple(UInt32, UInt64, UInt8)))",
     )
-    product = _array(
-        _array(
-            f"({index[s.predicate]}, {key_index[s.product_key]}, {s.id}, {int(s.times)})"
-            for s in chosen
-            if s.site == site and s.product_key is not None
-        )
-        for site in sites
+    product = constant(
+        [
+            [
+                [position[(site, s.predicate)], key_index[s.product_key], s.id, int(s.times)]
+                for s in chosen
+                if s.site == site and s.product_key is not None
+            ]
+            for site in sites
+        ],
+        "Array(Array(Tuple(UInt32, UInt32, UInt64, UInt8)))",
     )
+    per_site = constant([site_steps[site] for site in sites], "Array(Array(UInt32))")
     ids = _array(product_ids_sql(k) for k in keys) if keys else "[emptyArrayString()]"
+    test = StepTable.test_sql("_steps[i]")
     return f"""SELECT {outer},
         arrayConcat(
-            arrayMap(x -> (x.2, '', toUInt8(x.3)), arrayFilter(x -> _m[x.1] = 1,
-                CAST({person}, 'Array(Array(Tuple(UInt32, UInt64, UInt8)))')[_si])),
+            arrayMap(x -> (x.2, '', toUInt8(x.3)), arrayFilter(x -> _r[x.1] = 1, _person)),
             arrayFlatten(arrayMap(x -> arrayMap(p -> (x.3, p, toUInt8(x.4)), _ids[x.2]),
-                arrayFilter(x -> _m[x.1] = 1, CAST({product},
-                    'Array(Array(Tuple(UInt32, UInt32, UInt64, UInt8)))')[_si])))
+                arrayFilter(x -> _r[x.1] = 1, _product)))
         ) AS entries
     FROM (
-        SELECT {inner}, indexOf({_array(literal(site) for site in sites)}, site_id) AS _si,
-            {_array(f"toUInt8({p})" for p in predicates)} AS _m, {ids} AS _ids
-        FROM {source}
+        SELECT {inner}, _person, _product,
+            arrayMap(i -> toUInt8(i = 0 OR {test}), _site_steps) AS _r, {ids} AS _ids
+        FROM (
+            SELECT *, indexOf({_array(literal(site) for site in sites)}, site_id) AS _si,
+                {per_site}[_si] AS _site_steps, {person}[_si] AS _person,
+                {product}[_si] AS _product, {table.columns()}
+            FROM {source}
+        )
     )"""
 
 
@@ -160,12 +186,19 @@ ARRAY JOIN entries AS entry
 GROUP BY site_id, visitor_id, signal, product"""
 
 
-def feed_name(signals: Iterable[Signal]) -> str:
+def feed_name(signals: Iterable[Signal], layout: str = FEED_LAYOUT) -> str:
     """The feed view's name for a signal set: a new set is a new view, created before the old
     one is dropped, so no inserted block is missed in between."""
-    # The table's layout is part of the name: a view of an older layout is replaced.
-    ids = FEED_LAYOUT + ":" + ",".join(str(s.id) for s in by_id(signals))
+    # The layout is part of the name: a view of an older layout is replaced.
+    ids = layout + ":" + ",".join(str(s.id) for s in by_id(signals))
     return FEED_PREFIX + hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+
+def older_feed_names(signals: Iterable[Signal]) -> list[str]:
+    """The names the same signal set's feed had under older layouts: the same signals fed
+    by an older statement, dropped once the new view exists."""
+    chosen = list(signals)
+    return [feed_name(chosen, layout) for layout in OLDER_FEED_LAYOUTS]
 
 
 def feed_sql(db: str, signals: Iterable[Signal]) -> str:
