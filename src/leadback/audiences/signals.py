@@ -94,12 +94,14 @@ def entries_select(signals: Iterable[Signal], columns: Mapping[str, str], source
     the row needs ``site_id``) makes for ``signals`` of any number of sites.
 
     ClickHouse analyses the feed's statement at every insert, so its text does not grow with
-    the signals: their steps are a constant (:class:`~.step_table.StepTable`, each distinct
-    step once, whatever the number of sites and signals testing it), each site's steps a
-    constant list of positions in it, and each site's signals constant lists of (step, signal)
-    pairs; one lambda tests the row's site's steps (``_r``), and the signals whose step passed
-    make the entries. The tests run in an inner select: where ``entries`` named them as
-    aliases, the analyser expanded them inside each lambda again."""
+    the signals: the distinct steps are one constant (:class:`~.step_table.StepTable`, each
+    step once, whatever the number of sites and signals testing it; step 0 is "any event"),
+    and so are, per site, its signals as (step, signal) pairs and, per site and event type,
+    the steps a row of that type can pass. One lambda tests those steps (``_pass``), and the
+    signals whose step passed make the entries. Constants are JSON in a string
+    (:func:`~.step_table.constant`): read once, where literals are analysed node by node. The
+    tests run in an inner select: where ``entries`` named them as aliases, the analyser
+    expanded them inside each lambda again."""
     inner = ", ".join(f"{expr} AS {name}" for name, expr in columns.items())
     outer = ", ".join(columns)
     chosen = by_id(signals)
@@ -116,17 +118,10 @@ def entries_select(signals: Iterable[Signal], columns: Mapping[str, str], source
     keys = sorted({s.product_key for s in chosen if s.product_key is not None})
     key_index = {k: i + 1 for i, k in enumerate(keys)}
     sites = sorted({s.site for s in chosen})
-    # Per site: the steps its signals test, and the signals by position in that list.
-    site_steps: dict[str, list[int]] = {}
-    position: dict[tuple[str, str], int] = {}
-    for s in chosen:
-        if (s.site, s.predicate) not in position:
-            site_steps.setdefault(s.site, []).append(step_of[s.predicate])
-            position[(s.site, s.predicate)] = len(site_steps[s.site])
     person = constant(
         [
             [
-                [position[(site, s.predicate)], s.id, int(s.times)]
+                [step_of[s.predicate], s.id, int(s.times)]
                 for s in chosen
                 if s.site == site and s.product_key is None
             ]
@@ -137,7 +132,7 @@ def entries_select(signals: Iterable[Signal], columns: Mapping[str, str], source
     product = constant(
         [
             [
-                [position[(site, s.predicate)], key_index[s.product_key], s.id, int(s.times)]
+                [step_of[s.predicate], key_index[s.product_key], s.id, int(s.times)]
                 for s in chosen
                 if s.site == site and s.product_key is not None
             ]
@@ -145,21 +140,36 @@ def entries_select(signals: Iterable[Signal], columns: Mapping[str, str], source
         ],
         "Array(Array(Tuple(UInt32, UInt32, UInt64, UInt8)))",
     )
-    per_site = constant([site_steps[site] for site in sites], "Array(Array(UInt32))")
+    # Per site and event type (first: a type no step names), the steps a row can pass: the
+    # type rules out most steps, so a row tests only these.
+    types = sorted({t for _, m in steps for t in m.types})
+    step_types = {i + 1: set(m.types) for i, (_, m) in enumerate(steps)}
+    site_steps = {
+        site: sorted({step_of[s.predicate] for s in chosen if s.site == site}) for site in sites
+    }
+    candidates = constant(
+        [
+            [[i for i in site_steps[site] if i == 0 or t in step_types[i]] for t in ["", *types]]
+            for site in sites
+        ],
+        "Array(Array(Array(UInt32)))",
+    )
     ids = _array(product_ids_sql(k) for k in keys) if keys else "[emptyArrayString()]"
     test = StepTable.test_sql("_steps[i]")
     return f"""SELECT {outer},
         arrayConcat(
-            arrayMap(x -> (x.2, '', toUInt8(x.3)), arrayFilter(x -> _r[x.1] = 1, _person)),
+            arrayMap(x -> (x.2, '', toUInt8(x.3)), arrayFilter(x -> has(_pass, x.1), _person)),
             arrayFlatten(arrayMap(x -> arrayMap(p -> (x.3, p, toUInt8(x.4)), _ids[x.2]),
-                arrayFilter(x -> _r[x.1] = 1, _product)))
+                arrayFilter(x -> has(_pass, x.1), _product)))
         ) AS entries
     FROM (
         SELECT {inner}, _person, _product,
-            arrayMap(i -> toUInt8(i = 0 OR {test}), _site_steps) AS _r, {ids} AS _ids
+            arrayFilter(i -> i = 0 OR {test}, _candidates) AS _pass, {ids} AS _ids
         FROM (
             SELECT *, indexOf({_array(literal(site) for site in sites)}, site_id) AS _si,
-                {per_site}[_si] AS _site_steps, {person}[_si] AS _person,
+                {person}[_si] AS _person,
+                {candidates}[_si][indexOf({constant(types, "Array(String)")}, type) + 1]
+                    AS _candidates,
                 {product}[_si] AS _product, {table.columns()}
             FROM {source}
         )
