@@ -101,7 +101,7 @@ async def _both(
     written = ", ".join(f"toUInt8({match_sql(m)})" for m in tests)
     rows = await db.query(
         f"SELECT event_id, [{written}], "
-        f"arrayMap(i -> toUInt8({StepTable.test_sql('_steps[i]')}), range(1, {len(tests) + 1})) "
+        f"arrayMap(i -> toUInt8({StepTable.test_sql('i')}), range(1, {len(tests) + 1})) "
         f"FROM (SELECT *, {table.columns()} FROM {db.database}.events "
         "WHERE event_id IN {ids:Array(String)})",
         {"ids": [e["event_id"] for e in batch]},

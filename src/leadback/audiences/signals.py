@@ -155,7 +155,7 @@ def entries_select(signals: Iterable[Signal], columns: Mapping[str, str], source
         "Array(Array(Array(UInt32)))",
     )
     ids = _array(product_ids_sql(k) for k in keys) if keys else "[emptyArrayString()]"
-    test = StepTable.test_sql("_steps[i]")
+    test = StepTable.test_sql("i", types=False)
     return f"""SELECT {outer},
         arrayConcat(
             arrayMap(x -> (x.2, '', toUInt8(x.3)), arrayFilter(x -> has(_pass, x.1), _person)),

@@ -32,14 +32,18 @@ TEXT_IN, TEXT_NOT_IN, CONTAINS, STARTS_WITH, EXISTS = 0, 1, 2, 3, 4
 GT, GTE, LT, LTE, NUMBER_EQ, NUMBER_NE = 5, 6, 7, 8, 9, 10
 _COMPARE = {"gt": GT, "gte": GTE, "lt": LT, "lte": LTE}
 
-#: The type of the constant holding the steps: per step its types, its name (none or one), and
-#: its filters by kind: text (operand, texts, negated), contains and starts-with (operand,
-#: text), exists (operand), numbers (operand, value, and the answer when the operand's number is
-#: below, equal to, above the value, or unordered with it: NaN).
-STEPS_TYPE = (
-    "Array(Tuple(Array(String), Array(String), Array(Tuple(UInt16, Array(String), UInt8)), "
-    "Array(Tuple(UInt16, String)), Array(Tuple(UInt16, String)), Array(UInt16), "
-    "Array(Tuple(UInt16, Float64, UInt8, UInt8, UInt8, UInt8))))"
+#: The steps as constants, one array per part (a test copies only the parts it reads): its
+#: types, its name (none or one), and its filters by kind: text (operand, texts, negated),
+#: contains and starts-with (operand, text), exists (operand), numbers (operand, value, and the
+#: answer when the operand's number is below, equal to, above the value, or unordered: NaN).
+STEP_PARTS = (
+    "Array(String)",
+    "Array(String)",
+    "Array(Tuple(UInt16, Array(String), UInt8))",
+    "Array(Tuple(UInt16, String))",
+    "Array(Tuple(UInt16, String))",
+    "Array(UInt16)",
+    "Array(Tuple(UInt16, Float64, UInt8, UInt8, UInt8, UInt8))",
 )
 #: (below, equal, above, unordered) per numeric operation.
 _ANSWERS = {
@@ -133,9 +137,9 @@ class StepTable:
         return _Test(TEXT_IN if f.op == "eq" else TEXT_NOT_IN, index, (as_text(value),))
 
     def columns(self) -> str:
-        """The inner select's columns the tests read: ``_steps`` (:meth:`steps_literal`) and
-        :meth:`operand_columns`."""
-        return f"{self.steps_literal()} AS _steps, {self.operand_columns()}"
+        """The inner select's columns the tests read: the steps' parts ``_s1`` to ``_s7``
+        (:data:`STEP_PARTS`) and :meth:`operand_columns`."""
+        return f"{self.steps_columns()}, {self.operand_columns()}"
 
     def operand_columns(self) -> str:
         """``_t``, ``_n``, ``_h``: the operands' texts, numbers and presence for the row
@@ -166,8 +170,8 @@ class StepTable:
             f"[{', '.join(present)}] AS _h"
         )
 
-    def steps_literal(self) -> str:
-        """The steps as one constant of :data:`STEPS_TYPE`."""
+    def steps_columns(self) -> str:
+        """The steps as constants, one per part (:data:`STEP_PARTS`), ``_s1`` to ``_s7``."""
         rows = []
         for types, name, tests in self._rows:
             text = [
@@ -180,18 +184,23 @@ class StepTable:
             exists = [t.operand for t in tests if t.op == EXISTS]
             numbers = [[t.operand, t.number, *_ANSWERS[t.op]] for t in tests if t.op in _ANSWERS]
             rows.append([list(types), list(name), text, contains, starts, exists, numbers])
-        return constant(rows, STEPS_TYPE)
+        return ", ".join(
+            f"{constant([row[k] for row in rows], f'Array({part})')} AS _s{k + 1}"
+            for k, part in enumerate(STEP_PARTS)
+        )
 
     @staticmethod
-    def test_sql(step: str) -> str:
-        """Whether the row passes ``step`` (an expression of one element of the constant), over
-        the row's ``type``, ``name`` and :meth:`operand_columns`."""
+    def test_sql(step: str, *, types: bool = True) -> str:
+        """Whether the row passes step number ``step`` (an expression), over the row's
+        ``type``, ``name`` and :meth:`columns`; ``types=False``: the row's type is known to be
+        one of the step's (the feed's candidate lists), so it is not tested again."""
+        type_test = f"has(_s1[{step}], type) AND " if types else ""
         return (
-            f"(has({step}.1, type) AND (empty({step}.2) OR name = {step}.2[1]) "
-            f"AND arrayAll(f -> has(f.2, _t[f.1]) != f.3, {step}.3) "
-            f"AND arrayAll(f -> position(_t[f.1], f.2) > 0, {step}.4) "
-            f"AND arrayAll(f -> startsWith(_t[f.1], f.2), {step}.5) "
-            f"AND arrayAll(o -> _h[o] = 1, {step}.6) "
+            f"({type_test}(empty(_s2[{step}]) OR name = _s2[{step}][1]) "
+            f"AND arrayAll(f -> has(f.2, _t[f.1]) != f.3, _s3[{step}]) "
+            f"AND arrayAll(f -> position(_t[f.1], f.2) > 0, _s4[{step}]) "
+            f"AND arrayAll(f -> startsWith(_t[f.1], f.2), _s5[{step}]) "
+            f"AND arrayAll(o -> _h[o] = 1, _s6[{step}]) "
             f"AND arrayAll(f -> _h[f.1] = 1 AND multiIf(_n[f.1] < f.2, f.3, _n[f.1] = f.2, f.4, "
-            f"_n[f.1] > f.2, f.5, f.6) = 1, {step}.7))"
+            f"_n[f.1] > f.2, f.5, f.6) = 1, _s7[{step}]))"
         )
