@@ -398,6 +398,29 @@ async def test_timer_pass_is_cheap_when_nothing_is_due(h: Harness) -> None:
     assert h.changes("cart_abandoners") == [("uma", "enter", 1)]
 
 
+async def test_while_rounds_run_the_next_round_evaluates_the_due_persons(h: Harness) -> None:
+    """The timer of a running segmenter hands the persons it finds due to the next round (one
+    evaluation instead of two); with no round for a while it evaluates them itself."""
+    await h.send(event("shop", "uma", "add_to_cart", h.now))
+    h.clock.advance(H + 60)  # uma is due: idle for an hour
+    await h.send(event("shop", "vic", "page_view", h.now))  # a round just ran
+    await h.engine.tick(hand_over=True)
+    assert h.changes("cart_abandoners") == []  # handed over, not evaluated apart
+    await h.send(event("shop", "wes", "page_view", h.now))
+    assert h.changes("cart_abandoners") == [("uma", "enter", 1)]
+    tokens = await h.store.query(
+        f"SELECT token FROM {h.store.database}.audience_changes "
+        "WHERE audience_id = 'cart_abandoners' AND person_id = 'uma'"
+    )
+    assert [str(r[0]) for r in tokens] == [f"test-batch-{h.batches}"]  # by that round
+
+    # No round for longer than a timer interval: the pass evaluates what it finds itself.
+    await h.send(event("shop", "xia", "add_to_cart", h.now))
+    h.clock.advance(H + 60)
+    await h.engine.tick(hand_over=True)
+    assert ("xia", "enter", 1) in h.changes("cart_abandoners")
+
+
 async def test_one_round_evaluates_every_site_apart(h: Harness) -> None:
     """A batch of two sites is read in one statement, and nothing crosses between them: the same
     visitor id on both, a sign-in on one."""

@@ -13,7 +13,8 @@ the stored memberships):
   site evaluated, range by range), evaluates the persons whose ``due`` moment has passed (a cart
   becomes abandoned an hour later with no new event), and sweeps the outbox now and then
   (:mod:`~leadback.audiences.outbox`). Timer work takes the lock a chunk at a time, so a round
-  never waits for a whole pass.
+  never waits for a whole pass; while rounds run, the due persons are handed to the next round
+  instead, which evaluates them with its own (one evaluation instead of two).
 * Erasure (:mod:`~leadback.audiences.erasure`) and explain serve the admin API.
 """
 
@@ -54,6 +55,10 @@ _CHUNK = 2_000  # persons per statement (and per hold of the lock) in timer pass
 _SWEEP_EVERY_S = 30.0
 _RELOAD_EVERY_S = 5.0  # definitions written by another process; in-process writes set `changed`
 _DUE_LOOKBACK_MS = 2 * 86_400_000
+#: A round within this long: rounds are running, and the timer hands its due persons to the
+#: next one instead of evaluating them apart (one evaluation a round instead of two: an
+#: evaluation's statements cost the same for a few persons as for a round's, on a big table).
+_ROUNDS_RUNNING_S = 1.0
 
 
 class AudienceEngine:
@@ -101,6 +106,9 @@ class AudienceEngine:
         )
         self._refreshing: asyncio.Task[None] | None = None
         self._last_due: dict[str, int] = {}
+        # Due persons handed to the next round (site -> persons), while rounds run.
+        self._due_waiting: dict[str, set[str]] = {}
+        self._last_round = -_ROUNDS_RUNNING_S
         self._last_sweep = -_SWEEP_EVERY_S
         self._last_reload = -_RELOAD_EVERY_S
         self.changed = asyncio.Event()  # set by the admin API after a definition write
@@ -150,16 +158,24 @@ class AudienceEngine:
             )
             self.changed.clear()
             try:
-                await self.tick(leader=leader(), reload=reload, wait=False)
+                await self.tick(leader=leader(), reload=reload, wait=False, hand_over=True)
             except LeadbackError as exc:
                 # Store or broker trouble: the same pass runs again next tick.
                 log.error("audience tick failed", error=str(exc))
         await self.close()
 
-    async def tick(self, *, leader: bool = True, reload: bool = True, wait: bool = True) -> None:
+    async def tick(
+        self,
+        *,
+        leader: bool = True,
+        reload: bool = True,
+        wait: bool = True,
+        hand_over: bool = False,
+    ) -> None:
         """Reload definitions (if ``reload``); as the leader also bring changed ones live, run
         the due pass and sweep the outbox now and then. ``wait``: until the definitions loaded
-        are live (else the refresh goes on in the background)."""
+        are live (else the refresh goes on in the background). ``hand_over``: while rounds
+        run, the due persons are evaluated by the next round (see :meth:`on_round`)."""
         async with self._lock:
             await self._settle_doubt()
             if reload:
@@ -168,7 +184,7 @@ class AudienceEngine:
             return
         if wait:
             await self.refreshed()
-        await self._due_pass()
+        await self._due_pass(hand_over=hand_over)
         if self._clock.monotonic() - self._last_sweep >= _SWEEP_EVERY_S:
             async with self._lock:
                 await self._sweep()
@@ -228,10 +244,14 @@ class AudienceEngine:
                 by_site.setdefault(site, set()).add(visitor)
         round_digest = merge(digests)
         events = [orjson.loads(line) for line in round_digest.identity]
+        self._last_round = self._clock.monotonic()
         async with self._lock:
             await self._settle_doubt()
+            due = self._due_for_round()
             requests: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
-            lost_of: dict[str, set[str]] = {}
+            # Persons evaluated besides the round's visitors: those an identity change left,
+            # and the due persons the timer handed over.
+            also: dict[str, set[str]] = {}
             site_events: dict[str, list[dict[str, Any]]] = {site: [] for site in by_site}
             for e in events:
                 site_events.setdefault(str(e.get("site_id")), []).append(e)
@@ -249,19 +269,43 @@ class AudienceEngine:
                     ]
                 if audiences:
                     requests[site] = (by_site.get(site, set()) | changes.moved, audiences)
-                    lost_of[site] = changes.lost
+                    also[site] = changes.lost
+            for site, due_persons in due.items():
+                # Due persons: every live audience of theirs can change with time alone.
+                visitors = requests[site][0] if site in requests else set()
+                requests[site] = (visitors, self._definitions.live(site))
+                also[site] = also.get(site, set()) | due_persons
             # Every site's persons in one statement, their evaluation in two more.
             persons = await self.identity.persons_of_sites(
                 {site: visitors for site, (visitors, _) in requests.items()}
             )
             outcome = await self._evaluator.assess_sites(
                 {
-                    site: (set(persons[site].values()) | lost_of.get(site, set()), audiences)
+                    site: (set(persons[site].values()) | also.get(site, set()), audiences)
                     for site, (_, audiences) in requests.items()
                 },
                 token=token,
             )
             await self._evaluator.commit(outcome, token=token)
+            for site, due_persons in due.items():
+                waiting = self._due_waiting.get(site)
+                if waiting is not None:
+                    waiting -= due_persons
+                    if not waiting:
+                        del self._due_waiting[site]
+
+    def _due_for_round(self) -> dict[str, set[str]]:
+        """Up to a timer chunk of the due persons handed over, taken off once the round that
+        evaluates them has written its outcome (a round that fails leaves them waiting)."""
+        taken: dict[str, set[str]] = {}
+        room = _CHUNK
+        for site in sorted(self._due_waiting):
+            if room <= 0:
+                break
+            persons = sorted(self._due_waiting[site])[:room]
+            taken[site] = set(persons)
+            room -= len(persons)
+        return taken
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -295,9 +339,10 @@ class AudienceEngine:
 
     # -- timer ----------------------------------------------------------------------------
 
-    async def _due_pass(self) -> None:
+    async def _due_pass(self, *, hand_over: bool = False) -> None:
         # One statement finds every site's due persons (a pass used to run one per site);
-        # they are then evaluated a chunk at a time, several sites per chunk.
+        # while rounds run they go to the next round, else they are evaluated here a chunk at
+        # a time, several sites per chunk (with any a round has not taken yet).
         now = self.now_ms()
         sites = self._definitions.sites()
         if not sites:
@@ -311,7 +356,14 @@ class AudienceEngine:
         )
         for site in sites:
             self._last_due[site] = now
-        due = sorted((str(site), str(person)) for site, person in rows)
+        found = {(str(site), str(person)) for site, person in rows}
+        if hand_over and self._clock.monotonic() - self._last_round < _ROUNDS_RUNNING_S:
+            for site, person in found:
+                self._due_waiting.setdefault(site, set()).add(person)
+            return
+        found.update((site, p) for site, persons in self._due_waiting.items() for p in persons)
+        self._due_waiting.clear()
+        due = sorted(found)
         for i in range(0, len(due), _CHUNK):
             chunk: dict[str, tuple[set[str], None]] = {}
             for site, person in due[i : i + _CHUNK]:
