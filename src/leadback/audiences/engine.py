@@ -287,6 +287,7 @@ class AudienceEngine:
                 token=token,
             )
             await self._evaluator.commit(outcome, token=token)
+            self._last_round = self._clock.monotonic()  # a long round still counts as running
             for site, due_persons in due.items():
                 waiting = self._due_waiting.get(site)
                 if waiting is not None:
