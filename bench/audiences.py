@@ -49,10 +49,11 @@ import orjson
 import yaml
 
 from bench.audience_sets import audiences_yaml
-from bench.common import CORE_CLIENT, CORE_SERVER, cpu_model, pin
+from bench.common import CORE_CLIENT, CORE_SERVER, cpu_model, pin, pin_cores
 from bench.freshness import Case, freshness
 from bench.history import CATEGORIES, MIX
 from bench.history_cache import ensure_history
+from bench.procs import all_cores
 from leadback.audiences.repository import AudienceRepository
 from leadback.audiences.rules import parse_audiences
 from leadback.broker import EmbeddedBroker
@@ -365,11 +366,19 @@ async def main() -> None:
         "(bench/.data/ready-*, at most 6 h old) and start later runs of that point from it "
         "(a 50M point: about 2 minutes instead of 13; 20 s of warm-up load)",
     )
+    parser.add_argument(
+        "--shared-cores",
+        action="store_true",
+        help="freshness: the stack (segmenter, ingest), the broker and the load all on every "
+        "core, as on a machine that runs Leadback with its load beside it (default: the stack "
+        "on core 0, the broker and the load on core 1)",
+    )
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else (1 if args.matrix else 3)
     run_cost = not (args.no_cost or args.matrix)
     configure_logging("warning")
-    pin(0, CORE_CLIENT)
+    client_core = all_cores() if args.shared_cores else {CORE_CLIENT}
+    pin_cores(0, client_core)
     cpu = cpu_model()
     print(f"CPU: {cpu}, {os.cpu_count()} cores")
     cases = cases_from(args)
@@ -379,7 +388,7 @@ async def main() -> None:
     histories: dict[str, Any] = {}
     failures: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="leadback-bench-") as tmp, EmbeddedBroker() as broker:
-        pin(broker.pid or 0, CORE_CLIENT)
+        pin_cores(broker.pid or 0, client_core)
         if run_cost:
             records = make_events(args.events, time.time())
             audiences = audiences_yaml(list(SITES))
@@ -418,6 +427,7 @@ async def main() -> None:
                             history=history,
                             startup_timeout_s=args.startup_timeout,
                             reuse_startup=args.reuse_startup,
+                            stack_cores=all_cores() if args.shared_cores else None,
                         )
                     except RuntimeError as exc:
                         # A segmenter that dies or never starts (memory, time) on one point of

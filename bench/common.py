@@ -15,8 +15,13 @@ CORE_SERVER, CORE_CLIENT = 0, 1
 
 def pin(pid: int, core: int) -> None:
     """Run ``pid`` (0: this process) on one core only, where the machine has two."""
+    pin_cores(pid, {core})
+
+
+def pin_cores(pid: int, cores: set[int]) -> None:
+    """Run ``pid`` (0: this process) on ``cores``, where the machine has two or more."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(pid, {core})
+        os.sched_setaffinity(pid, cores)
 
 
 async def wait_ready(base: str, timeout_s: float = 30.0) -> None:

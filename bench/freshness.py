@@ -329,12 +329,15 @@ async def freshness(
     startup_timeout_s: float = 7200.0,
     seed: int = 1,
     reuse_startup: bool = False,
+    stack_cores: set[int] | None = None,
 ) -> dict[str, Any]:
     """One freshness run of ``case``; ``history``: the cache directory and manifest of
     ``case.history`` stored events (None when 0). ``reuse_startup``: start from the database
     a previous run of the same point kept once its audiences were live, or keep one
     (:func:`bench.history_cache.ready_home`); ``startup_s`` is then that of the run that made
-    it, and ``reused_startup`` says so."""
+    it, and ``reused_startup`` says so. ``stack_cores``: where the segmenter and ingest run
+    (default: :data:`~bench.common.CORE_SERVER` alone)."""
+    cores = stack_cores if stack_cores is not None else {CORE_SERVER}
     rid = uuid.uuid4().hex[:8]
     names = {k: f"fr-{k}-{rid}" for k in ("events", "invalid", "changes")}
     await ensure_topics(
@@ -375,7 +378,7 @@ async def freshness(
         "LEADBACK_LOG_LEVEL": "warning",
     }
     py = [sys.executable, "-m", "leadback"]
-    segmenter = spawn([*py, "segmenter"], cores={CORE_SERVER}, env=env, stdout=None, stderr=None)
+    segmenter = spawn([*py, "segmenter"], cores=cores, env=env, stdout=None, stderr=None)
     made_s = None
     if ready is not None and not reused:
         # The start-up over the history, once: then the database is kept as it stands.
@@ -386,12 +389,10 @@ async def freshness(
         finally:
             stop(segmenter, 120)
         keep_ready(chdb, ready, startup_s=made_s)
-        segmenter = spawn(
-            [*py, "segmenter"], cores={CORE_SERVER}, env=env, stdout=None, stderr=None
-        )
+        segmenter = spawn([*py, "segmenter"], cores=cores, env=env, stdout=None, stderr=None)
     elif ready is not None:
         made_s = ready_startup_s(ready)
-    ingest = spawn([*py, "ingest"], cores={CORE_SERVER}, env=env, stdout=None, stderr=None)
+    ingest = spawn([*py, "ingest"], cores=cores, env=env, stdout=None, stderr=None)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=broker.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
     )
