@@ -342,8 +342,8 @@ class AudienceEngine:
 
     async def _due_pass(self, *, hand_over: bool = False) -> None:
         # One statement finds every site's due persons (a pass used to run one per site);
-        # while rounds run they go to the next round, else they are evaluated here a chunk at
-        # a time, several sites per chunk (with any a round has not taken yet).
+        # while rounds run they go to the next round (up to a chunk waiting), else they are
+        # evaluated here a chunk at a time, several sites per chunk.
         now = self.now_ms()
         sites = self._definitions.sites()
         if not sites:
@@ -357,14 +357,16 @@ class AudienceEngine:
         )
         for site in sites:
             self._last_due[site] = now
-        found = {(str(site), str(person)) for site, person in rows}
-        if hand_over and self._clock.monotonic() - self._last_round < _ROUNDS_RUNNING_S:
-            for site, person in found:
-                self._due_waiting.setdefault(site, set()).add(person)
+        for site, person in rows:
+            self._due_waiting.setdefault(str(site), set()).add(str(person))
+        waiting = sum(len(persons) for persons in self._due_waiting.values())
+        running = self._clock.monotonic() - self._last_round < _ROUNDS_RUNNING_S
+        if hand_over and running and waiting <= _CHUNK:
             return
-        found.update((site, p) for site, persons in self._due_waiting.items() for p in persons)
+        # No rounds, or a backlog (a start after downtime) more than a round takes: evaluated
+        # here, a chunk at a time, as rounds go on between the chunks.
+        due = sorted((site, p) for site, persons in self._due_waiting.items() for p in persons)
         self._due_waiting.clear()
-        due = sorted(found)
         for i in range(0, len(due), _CHUNK):
             chunk: dict[str, tuple[set[str], None]] = {}
             for site, person in due[i : i + _CHUNK]:
