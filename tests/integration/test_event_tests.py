@@ -110,19 +110,31 @@ def filters(draw: st.DrawFn) -> Filter:
         value = draw(texts)
     else:
         value = draw(filter_values)
+    return valid_filter({**where, "op": op, "value": value})
+
+
+def valid_filter(doc: dict[str, Any]) -> Filter:
+    """The filter ``doc`` describes; a drawn combination the rules refuse is discarded."""
     try:
-        return Filter.model_validate({**where, "op": op, "value": value})
+        return Filter.model_validate(doc)
     except ValidationError:
         assume(False)
         raise
 
 
-steps = st.builds(
-    lambda types, name, where: EventMatch(event=types, name=name, where=where),
-    st.lists(st.sampled_from(["page_view", "product_view", "custom"]), min_size=1, max_size=2),
-    st.sampled_from([None, "video_play"]),
-    st.lists(filters(), max_size=2),
-)
+def rule_steps(
+    filters: st.SearchStrategy[Filter], max_filters: int
+) -> st.SearchStrategy[EventMatch]:
+    """Rule steps of one or two of the events' types, a name or none, and ``filters``."""
+    return st.builds(
+        lambda types, name, where: EventMatch(event=types, name=name, where=where),
+        st.lists(st.sampled_from(["page_view", "product_view", "custom"]), min_size=1, max_size=2),
+        st.sampled_from([None, "video_play"]),
+        st.lists(filters, max_size=max_filters),
+    )
+
+
+steps = rule_steps(filters(), 2)
 
 
 @store_examples(120)

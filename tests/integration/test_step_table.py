@@ -12,9 +12,8 @@ import itertools
 from typing import Any, get_args
 
 import orjson
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
 from leadback.audiences.compiler import compile_rule
 from leadback.audiences.engine import AudienceEngine
@@ -28,6 +27,7 @@ from leadback.store.client import ClickHouseStore
 from tests.conftest import store_examples
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
 from tests.integration.test_backfill import BUYERS, NOW
+from tests.integration.test_event_tests import rule_steps, valid_filter
 
 POOL: list[Any] = [0, 1, 99, 100, 101, 100.5, -0.0, "100", "1e2", "abc", "", True, False, None]
 NUMBERS = [0, 1, 99, 100, 101, 100.5, -0.5]
@@ -77,19 +77,10 @@ def filters(draw: st.DrawFn) -> Filter:
         value = draw(texts)
     else:
         value = draw(pooled.filter(lambda v: v is not None))
-    try:
-        return Filter.model_validate({**on, "op": op, "value": value})
-    except ValidationError:
-        assume(False)
-        raise
+    return valid_filter({**on, "op": op, "value": value})
 
 
-steps = st.builds(
-    lambda types, name, where: EventMatch(event=types, name=name, where=where),
-    st.lists(st.sampled_from(["page_view", "product_view", "custom"]), min_size=1, max_size=2),
-    st.sampled_from([None, "video_play"]),
-    st.lists(filters(), max_size=3),
-)
+steps = rule_steps(filters(), 3)
 
 
 async def _both(
