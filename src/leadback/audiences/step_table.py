@@ -3,9 +3,10 @@
 ClickHouse analyses the feed's statement at every insert into ``events``, and a step written as
 SQL (:func:`~.predicates.match_sql`) costs about 0.8 ms of that analysis: with 500 audiences, 73
 distinct steps made 60 ms of every insert, and the cost grew with every audience added. Here
-each step is a constant tuple (its types, its name, its filters as (operation, operand, texts,
-number)) and one lambda evaluates the steps of the row's site. What grows with the audiences is
-a constant, which ClickHouse reads far faster than it analyses expressions.
+the steps are constants, one array per part (:data:`STEP_PARTS`: types, name, filters by
+kind), and one lambda evaluates a step (the feed: the steps the row's site and type can pass).
+What grows with the audiences is a constant, which ClickHouse reads far faster than it
+analyses expressions.
 
 The values filters read (*operands*: a property's text, number and presence, a field's) are
 written once each, whatever the number of steps reading them, as three arrays a filter picks
