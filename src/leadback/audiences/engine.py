@@ -32,6 +32,7 @@ from leadback.audiences.changes import ChangePublisher
 from leadback.audiences.compiler import compile_rule
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.digest import BatchDigest, digest, merge
+from leadback.audiences.due_waiting import DueWaiting
 from leadback.audiences.erasure import Eraser, Erasure
 from leadback.audiences.evaluation import Evaluator
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
@@ -55,10 +56,6 @@ _CHUNK = 2_000  # persons per statement (and per hold of the lock) in timer pass
 _SWEEP_EVERY_S = 30.0
 _RELOAD_EVERY_S = 5.0  # definitions written by another process; in-process writes set `changed`
 _DUE_LOOKBACK_MS = 2 * 86_400_000
-#: A round within this long: rounds are running, and the timer hands its due persons to the
-#: next one instead of evaluating them apart (one evaluation a round instead of two: an
-#: evaluation's statements cost the same for a few persons as for a round's, on a big table).
-_ROUNDS_RUNNING_S = 1.0
 
 
 class AudienceEngine:
@@ -106,9 +103,7 @@ class AudienceEngine:
         )
         self._refreshing: asyncio.Task[None] | None = None
         self._last_due: dict[str, int] = {}
-        # Due persons handed to the next round (site -> persons), while rounds run.
-        self._due_waiting: dict[str, set[str]] = {}
-        self._last_round = -_ROUNDS_RUNNING_S
+        self._due_waiting = DueWaiting()  # the timer's hand-over to rounds
         self._last_sweep = -_SWEEP_EVERY_S
         self._last_reload = -_RELOAD_EVERY_S
         self.changed = asyncio.Event()  # set by the admin API after a definition write
@@ -244,10 +239,10 @@ class AudienceEngine:
                 by_site.setdefault(site, set()).add(visitor)
         round_digest = merge(digests)
         events = [orjson.loads(line) for line in round_digest.identity]
-        self._last_round = self._clock.monotonic()
+        self._due_waiting.round_ran(self._clock.monotonic())
         async with self._lock:
             await self._settle_doubt()
-            due = self._due_for_round()
+            due = self._due_waiting.take(_CHUNK)
             requests: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
             # Persons evaluated besides the round's visitors: those an identity change left,
             # and the due persons the timer handed over.
@@ -287,26 +282,8 @@ class AudienceEngine:
                 token=token,
             )
             await self._evaluator.commit(outcome, token=token)
-            self._last_round = self._clock.monotonic()  # a long round still counts as running
-            for site, due_persons in due.items():
-                waiting = self._due_waiting.get(site)
-                if waiting is not None:
-                    waiting -= due_persons
-                    if not waiting:
-                        del self._due_waiting[site]
-
-    def _due_for_round(self) -> dict[str, set[str]]:
-        """Up to a timer chunk of the due persons handed over, taken off once the round that
-        evaluates them has written its outcome (a round that fails leaves them waiting)."""
-        taken: dict[str, set[str]] = {}
-        room = _CHUNK
-        for site in sorted(self._due_waiting):
-            if room <= 0:
-                break
-            persons = sorted(self._due_waiting[site])[:room]
-            taken[site] = set(persons)
-            room -= len(persons)
-        return taken
+            self._due_waiting.round_ran(self._clock.monotonic())
+            self._due_waiting.done(due)
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -357,16 +334,13 @@ class AudienceEngine:
         )
         for site in sites:
             self._last_due[site] = now
-        for site, person in rows:
-            self._due_waiting.setdefault(str(site), set()).add(str(person))
-        waiting = sum(len(persons) for persons in self._due_waiting.values())
-        running = self._clock.monotonic() - self._last_round < _ROUNDS_RUNNING_S
+        waiting = self._due_waiting.add((str(site), str(person)) for site, person in rows)
+        running = self._due_waiting.rounds_running(self._clock.monotonic())
         if hand_over and running and waiting <= _CHUNK:
             return
         # No rounds, or a backlog (a start after downtime) more than a round takes: evaluated
         # here, a chunk at a time, as rounds go on between the chunks.
-        due = sorted((site, p) for site, persons in self._due_waiting.items() for p in persons)
-        self._due_waiting.clear()
+        due = self._due_waiting.drain()
         for i in range(0, len(due), _CHUNK):
             chunk: dict[str, tuple[set[str], None]] = {}
             for site, person in due[i : i + _CHUNK]:
