@@ -64,12 +64,6 @@ class SegmenterSettings(BaseModel):
         False, description="on SIGTERM, consume to the end of the topic first (embedded mode)"
     )
     shutdown_timeout_s: float = Field(30.0, gt=0)
-    write_ahead: bool = Field(
-        True,
-        description="while a round's audiences are evaluated, insert the next round's events "
-        "beside it (a second ClickHouse client), timed to end with the evaluation; only where "
-        "the process may run on two cores or more (on one it slows the evaluation down)",
-    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 = off")
     metrics_host: str = "127.0.0.1"
 

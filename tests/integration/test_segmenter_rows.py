@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -15,7 +14,6 @@ from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.repository import AudienceRepository
 from leadback.audiences.rules import parse_audiences
 from leadback.broker import EmbeddedBroker
-from leadback.cores import usable_cores
 from leadback.kafka.config import producer_options
 from leadback.kafka.producer import KafkaRecordProducer
 from leadback.kafka.topics import ensure_topics, leadback_topics
@@ -224,59 +222,6 @@ async def test_batches_of_all_partitions_together_stay_under_the_buffer_limit(
         assert seg.stats.batches_inserted >= size // (2 * 40_000)
         assert await count(store, "SELECT count() FROM {db}.events") == 1500
         assert await count(store, "SELECT uniqExact(event_id) FROM {db}.events") == 1500
-    finally:
-        await store.command(f"DROP DATABASE IF EXISTS {store.database}")
-        await store.close()
-
-
-async def test_rounds_written_ahead_of_the_evaluation_land_every_event_once(
-    make_settings: Callable[..., Settings], broker: EmbeddedBroker
-) -> None:
-    """Events arriving while a round is evaluated are inserted beside it (a second client on
-    the same chDB) and evaluated by the next round: every event lands once, every visitor's
-    membership is there, and some batches were written ahead."""
-    settings = make_settings(segmenter={"flush_interval_ms": 10})
-    await ensure_topics(broker.bootstrap, leadback_topics(settings.kafka))
-    store = ClickHouseStore(settings.clickhouse)
-    now = time.time()
-    try:
-        await migrate(store)
-        for spec in parse_audiences(
-            yaml.safe_load("{id: viewers, site: demo, rule: {did: {event: page_view}}}")
-        ):
-            await AudienceRepository(store).put(spec)
-        producer = KafkaRecordProducer(
-            **producer_options(settings.kafka, settings.kafka.bootstrap, embedded=True)
-        )
-        await producer.start()
-        async with run_segmenter(settings, store) as seg:
-            for wave in range(20):
-                futures = [
-                    await producer.send(
-                        settings.kafka.topic_events,
-                        ev.event_key("demo", f"v{i}"),
-                        _event(i, now, f"v{i}", "page_view"),
-                    )
-                    for i in range(wave * 100, wave * 100 + 100)
-                ]
-                for f in futures:
-                    await f
-                if wave == 0:  # the group joined and a first round ran: then a steady stream
-                    await wait_for(lambda: _inserted(seg), 100, timeout=60)
-                await asyncio.sleep(0.06)
-            await producer.stop()
-            await wait_for(lambda: _inserted(seg), 2000, timeout=60)
-        if usable_cores() >= 2:
-            assert seg.stats.batches_written_ahead > 0, seg.stats
-        else:  # on one core the evaluation and the inserts would take turns: off
-            assert seg.stats.batches_written_ahead == 0, seg.stats
-        assert await count(store, "SELECT count() FROM {db}.events") == 2000
-        assert await count(store, "SELECT uniqExact(event_id) FROM {db}.events") == 2000
-        members = await store.query(
-            f"SELECT person_id FROM {store.database}.memberships FINAL "
-            "WHERE audience_id = 'viewers' AND state = 'in'"
-        )
-        assert {str(r[0]) for r in members} == {f"v{i}" for i in range(2000)}
     finally:
         await store.command(f"DROP DATABASE IF EXISTS {store.database}")
         await store.close()

@@ -147,7 +147,6 @@ class Handler:
     intents: dict[tuple[int, int], Intent] = field(default_factory=dict)
     during_retry: Callable[[], None] | None = None
     lost: list[int] = field(default_factory=list)
-    settle_gate: asyncio.Event | None = None  # a settle waits for it (set: no wait)
 
     async def recall(self, partition: int, offset: int, retrying: Retrying) -> Intent | None:
         return self.intents.get((partition, offset))
@@ -177,8 +176,6 @@ class Handler:
     async def settle(self, batches: Sequence[PartitionBatch], retrying: Retrying) -> None:
         if self.settle_error is not None:
             raise self.settle_error
-        if self.settle_gate is not None:
-            await self.settle_gate.wait()
         self.settled.append([(b.partition, b.first_offset, b.last_offset) for b in batches])
 
 
@@ -208,9 +205,7 @@ class Rig:
         await self.task
 
 
-def rig(
-    knobs: LoopKnobs | None = None, handler: Handler | None = None, *, write_ahead: bool = False
-) -> Rig:
+def rig(knobs: LoopKnobs | None = None, handler: Handler | None = None) -> Rig:
     clock = ManualClock()
     made: list[FakeConsumer] = []
 
@@ -226,7 +221,6 @@ def rig(
         handler=handler,
         clock=clock,
         name="test",
-        write_ahead=write_ahead,
     )
     return Rig(loop, made[0], handler, clock, asyncio.Event())
 
@@ -264,9 +258,8 @@ async def test_a_full_batch_is_written_without_waiting_and_the_rest_starts_the_n
     assert r.consumer.committed == {0: 10}
 
 
-@pytest.mark.parametrize("write_ahead", [False, True])
-async def test_handler_failure_leaves_the_offsets_uncommitted(write_ahead: bool) -> None:
-    r = rig(handler=Handler(settle_error=ValueError("evaluation bug")), write_ahead=write_ahead)
+async def test_handler_failure_leaves_the_offsets_uncommitted() -> None:
+    r = rig(handler=Handler(settle_error=ValueError("evaluation bug")))
     r.consumer.assign(0)
     r.consumer.produce(0, *values(5))
     r.start()
@@ -398,33 +391,3 @@ async def test_retrying_gives_up_at_once_on_an_error_that_is_not_retryable() -> 
         await r.loop.retrying("x", refused)
     assert calls == [1]
     assert r.loop.stats.retries == 0
-
-
-async def test_the_next_round_is_written_while_a_round_settles_and_committed_after_it() -> None:
-    gate = asyncio.Event()
-    gate.set()
-    handler = Handler(settle_gate=gate)
-    r = rig(handler=handler, write_ahead=True)
-    r.consumer.assign(0)
-    r.consumer.produce(0, *values(5))
-    r.start()
-    await r.until(lambda: r.consumer.commits, "the first round")
-
-    def more_while_settling(c: FakeConsumer) -> None:
-        # The first poll after the second round's write is the write-ahead's, during its settle.
-        if (0, 5, 9) in handler.written and len(c.log[0]) == 10:
-            c.produce(0, *values(3, 10))
-
-    gate.clear()
-    r.consumer.on_poll = more_while_settling
-    r.consumer.produce(0, *values(5, 5))
-    await r.until(lambda: (0, 10, 12) in handler.written, "the third range written ahead")
-    # Written while the second round settles: neither is committed yet.
-    assert r.consumer.commits == [{0: 5}]
-    assert handler.settled == [[(0, 0, 4)]]
-    gate.set()
-    await r.until(lambda: r.consumer.committed.get(0) == 13, "all committed")
-    await r.finish()
-    # Each range settled once, in order, each round's commit after its settle.
-    assert handler.settled == [[(0, 0, 4)], [(0, 5, 9)], [(0, 10, 12)]]
-    assert r.consumer.commits == [{0: 5}, {0: 10}, {0: 13}]

@@ -121,9 +121,8 @@ class AudienceEngine:
             await self.backfill.ensure_feed(self._definitions.all_signals())
 
     async def close(self) -> None:
-        """Wait for the changes in flight to the broker, stop a refresh in progress (it resumes
-        at the next start) and close the backfill's client."""
-        await self._outbox.published()
+        """Stop a refresh in progress (it resumes at the next start) and close the backfill's
+        client."""
         if self._refreshing is not None and not self._refreshing.done():
             self._refreshing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -225,10 +224,8 @@ class AudienceEngine:
         return digest(body, self._definitions.wanted_types())
 
     async def on_batch(self, keys: Iterable[bytes], values: Sequence[bytes], token: str) -> None:
-        """:meth:`on_round` for one batch of event values; returns once its changes are
-        published."""
+        """:meth:`on_round` for one batch of event values."""
         await self.on_round(keys, [self.digest(b"\n".join(values))], token)
-        await self._outbox.published()
 
     async def on_round(
         self, keys: Iterable[bytes], digests: Sequence[BatchDigest], token: str
@@ -284,8 +281,7 @@ class AudienceEngine:
                 },
                 token=token,
             )
-            # The broker's acknowledgement is awaited beside the next round (the outbox).
-            await self._evaluator.commit(outcome, token=token, beside=True)
+            await self._evaluator.commit(outcome, token=token)
             self._due_waiting.round_ran(self._clock.monotonic())
             self._due_waiting.done(due)
 

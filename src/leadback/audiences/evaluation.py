@@ -182,17 +182,16 @@ class Evaluator:
                     orjson.dumps({"site_id": site, "due_at": due_at, "person_id": tr.person})
                 )
 
-    async def commit(self, outcome: Outcome, *, token: str, beside: bool = False) -> int:
+    async def commit(self, outcome: Outcome, *, token: str) -> int:
         """Write what :meth:`assess` found (every site of a round at once: a few inserts per
-        round, not per site); return the number of changes. ``beside``: return before the
-        changes are acknowledged (see :meth:`ChangeOutbox.write`)."""
+        round, not per site); return the number of changes."""
         if outcome.dues:
             # Before the outbox: a due time written twice only costs one more evaluation, one
             # lost would leave a membership waiting for the person's next event.
             await self._store.insert_json_rows(
                 "audience_due", b"\n".join(outcome.dues), dedup_token=f"due:{token}"
             )
-        await self._outbox.write(token, outcome.changes, outcome.memberships, beside=beside)
+        await self._outbox.write(token, outcome.changes, outcome.memberships)
         return len(outcome.changes)
 
     async def exit_members(

@@ -1,9 +1,6 @@
 """The change outbox: every membership transition is logged (``audience_changes``) and applied
 (``memberships``) before it is published, and its batch is marked published
-(``audience_changes_published``) once the broker acknowledged it. The wait for that
-acknowledgement and the mark of a segmenter round run beside the next round (one batch in
-flight at a time): the round's outcome is durable once logged and applied, and a batch whose
-publish failed or never ended (a crash) is published again by the sweep.
+(``audience_changes_published``) once the broker acknowledged it.
 
 A version means one content, always. The log is the truth: if anything stops between the log
 insert and the memberships insert (a crash, a store error), the stored memberships lag the log,
@@ -15,7 +12,6 @@ before the next evaluation whenever a write was left in doubt (:attr:`ChangeOutb
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +21,7 @@ import orjson
 
 from leadback import failpoints
 from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_record
-from leadback.errors import BrokerUnavailableError, LeadbackError
+from leadback.errors import BrokerUnavailableError
 from leadback.logs import get_logger
 from leadback.store.client import ClickHouseStore
 
@@ -79,20 +75,13 @@ class ChangeOutbox:
         self._publisher = publisher
         self._stats = stats
         self.in_doubt = False  # a write stopped between the change log and the memberships
-        self._publishing: asyncio.Task[None] | None = None  # the batch in flight
 
     async def write(
-        self,
-        token: str,
-        changes: list[dict[str, Any]],
-        memberships: list[bytes],
-        *,
-        beside: bool = False,
+        self, token: str, changes: list[dict[str, Any]], memberships: list[bytes]
     ) -> None:
         """Log ``changes``, write ``memberships`` (the new state of every transition, silent
         ones included), then publish the changes. Inserts carry ``token``: a retried round
-        writes nothing twice. ``beside``: the records are sent, but the wait for the broker and
-        the published mark go on after this returns (:meth:`published` waits for them)."""
+        writes nothing twice."""
         self.in_doubt = True
         if changes:
             await self._store.insert_json_rows(
@@ -110,25 +99,7 @@ class ChangeOutbox:
         if changes:
             failpoints.hit("audiences.before_publish")
             self._stats.changes += len(changes)
-            records = [change_record(c) for c in changes]
-            await self.published()  # in order, and the publisher counts one batch's records
-            if beside:
-                self._publishing = asyncio.create_task(self._publish_beside(token, records))
-            else:
-                await self._publish(token, records)
-
-    async def published(self) -> None:
-        """Wait until the batch in flight (if any) is acknowledged and marked, or given up."""
-        task, self._publishing = self._publishing, None
-        if task is not None:
-            await task
-
-    async def _publish_beside(self, token: str, records: list[ChangeRecord]) -> None:
-        try:
-            await self._publish(token, records)
-        except LeadbackError as exc:
-            # The published mark was not written: the sweep publishes the batch again.
-            log.error("published mark not written", token=token, error=str(exc))
+            await self._publish(token, [change_record(c) for c in changes])
 
     async def _publish(self, token: str, records: list[ChangeRecord]) -> bool:
         try:
@@ -148,7 +119,6 @@ class ChangeOutbox:
 
     async def sweep(self) -> None:
         """Bring memberships up to the logged changes not yet published, then publish them."""
-        await self.published()  # else the batch in flight would be published twice
         rows = await self._store.query(
             f"SELECT {', '.join(_LOGGED)} FROM {self._db}.audience_changes "
             f"WHERE token NOT IN (SELECT token FROM {self._db}.audience_changes_published) "

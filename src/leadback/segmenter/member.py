@@ -24,7 +24,6 @@ class SegmenterStats:
     batches_inserted: int
     rounds: int
     batches_replayed: int
-    batches_written_ahead: int  # while the previous round's audiences were evaluated
     insert_retries: int
     events_quarantined: int
     observer_failures: int
@@ -45,13 +44,8 @@ class Segmenter:
         invalid_sink: InvalidSink,
         clock: Clock | None = None,
         observer: BatchObserver | None = None,
-        write_store: ClickHouseStore | None = None,
     ) -> None:
-        """``write_store``: a client of the segmenter's own for the events' inserts (closed when
-        :meth:`run` ends), so they can run beside the audience evaluation on ``store``."""
         clock = clock or SystemClock()
-        self._write_store = write_store
-        store = write_store or store
         self._writer = EventWriter(
             store,
             IntentLog(store, group_id=settings.group_id, topic=topic),
@@ -66,7 +60,6 @@ class Segmenter:
             handler=self._writer,
             clock=clock,
             name="segmenter",
-            write_ahead=write_store is not None,
         )
 
     @property
@@ -88,7 +81,6 @@ class Segmenter:
             batches_inserted=loop.batches_committed,
             rounds=loop.rounds,
             batches_replayed=loop.batches_replayed,
-            batches_written_ahead=loop.batches_written_ahead,
             insert_retries=loop.retries,
             events_quarantined=self._writer.events_quarantined,
             observer_failures=self._writer.observer_failures,
@@ -98,8 +90,4 @@ class Segmenter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then flush what is batched and leave the group."""
-        try:
-            await self._loop.run(stop)
-        finally:
-            if self._write_store is not None:
-                await self._write_store.close()
+        await self._loop.run(stop)

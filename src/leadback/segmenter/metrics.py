@@ -87,12 +87,6 @@ def samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
         st.batches_replayed,
     )
     yield Sample(
-        "leadback_segmenter_batches_written_ahead",
-        "batches inserted while the previous round's audiences were evaluated",
-        "counter",
-        st.batches_written_ahead,
-    )
-    yield Sample(
         "leadback_segmenter_insert_retries",
         "failed store calls retried",
         "counter",

@@ -12,7 +12,6 @@ from prometheus_client import CollectorRegistry, start_http_server
 from leadback.asgi_server import EmbeddedServer
 from leadback.audiences.engine import AudienceEngine
 from leadback.audiences.publisher import QueuedChangePublisher
-from leadback.cores import usable_cores
 from leadback.errors import BrokerUnavailableError
 from leadback.kafka.config import (
     producer_options,
@@ -90,10 +89,6 @@ def build_segmenter(
         embedded=embedded,
     )
 
-    # The events' inserts on a client of their own: with write-ahead they run beside the
-    # audience evaluation (chDB runs two clients' statements at once). On one core the two
-    # take turns: the evaluation is slower and the rounds longer (measured), so it is off.
-    write_ahead = engine is not None and settings.segmenter.write_ahead and usable_cores() >= 2
     return Segmenter(
         settings.segmenter,
         topic=settings.kafka.topic_events,
@@ -101,7 +96,6 @@ def build_segmenter(
         consumer_factory=consumer,
         invalid_sink=send_invalid,
         observer=engine,
-        write_store=ClickHouseStore(store.settings) if write_ahead else None,
     )
 
 

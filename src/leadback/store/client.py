@@ -21,7 +21,6 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
-from leadback.cores import usable_cores
 from leadback.errors import StoreRejectedError, StoreUnavailableError
 from leadback.settings import ClickHouseSettings
 
@@ -83,9 +82,10 @@ def _chdb_settings() -> dict[str, int]:
     may run on: chDB counts the machine's, so pinned to one core (as the benchmarks pin the
     segmenter) its queries ran two threads that took turns on it."""
     settings = dict(_SETTINGS)
-    allowed = usable_cores()
-    if allowed < (os.cpu_count() or allowed):
-        settings["max_threads"] = allowed
+    if hasattr(os, "sched_getaffinity"):
+        allowed = len(os.sched_getaffinity(0))
+        if allowed < (os.cpu_count() or allowed):
+            settings["max_threads"] = allowed
     return settings
 
 

@@ -19,28 +19,23 @@ What it keeps true, whatever the handler does:
 * Replay: when a partition is assigned, the handler is asked whether a range starting at its
   first offset was planned before (:meth:`RoundHandler.recall`); if so the batch is re-formed to
   exactly that range (same token), and the next range is asked for after it is written.
-* Write-ahead (``write_ahead=True``): while a round settles, the next round's due batches are
-  written beside it, timed to end with the settle (:mod:`~leadback.stream.write_ahead`); they
-  are settled and committed in the next round, after this one's commit. A crash in between
-  leaves two written ranges uncommitted, which replay re-forms like a catch-up's.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from leadback import failpoints
 from leadback.clock import Clock, SystemClock
-from leadback.errors import BrokerUnavailableError
+from leadback.errors import BrokerUnavailableError, RetryableError
 from leadback.kafka.consumer import CommitFailed, Records
 from leadback.logs import get_logger
 from leadback.stream.batches import PartitionBatch
 from leadback.stream.consumer import Consumer, ConsumerFactory
-from leadback.stream.handler import LoopSettings, RoundHandler
-from leadback.stream.retrying import GroupRetrier
-from leadback.stream.write_ahead import WriteAheadTimer
+from leadback.stream.handler import LoopSettings, PartitionLost, RoundHandler
 
 log = get_logger(__name__)
 
@@ -55,7 +50,6 @@ class LoopStats:
     records_committed: int = 0
     batches_committed: int = 0
     batches_replayed: int = 0
-    batches_written_ahead: int = 0  # while the previous round settled
     rounds: int = 0
     retries: int = 0
     last_write_seconds: float = 0.0
@@ -74,10 +68,7 @@ class StreamLoop:
         handler: RoundHandler,
         clock: Clock | None = None,
         name: str = "stream",
-        write_ahead: bool = False,
     ) -> None:
-        """``write_ahead``: write the next round while one settles (the handler's writes can
-        run beside its settle)."""
         self._settings = settings
         self._topic = topic
         self._handler = handler
@@ -91,23 +82,13 @@ class StreamLoop:
         self._held: dict[int, list[Records]] = {}  # fetched while waiting out an outage
         self._revocations: dict[int, int] = {}  # per partition, to drop records fetched before
         self._consumer: Consumer = consumer_factory(self._on_assigned, self._on_revoked)
-        self._retrier = GroupRetrier(
-            self._consumer, settings, self._clock, self._held, self._count_retry
-        )
-        self.retrying = self._retrier.retrying
         self._backlog = False
-        self._write_ahead = write_ahead
-        self._ahead = WriteAheadTimer()
-        self._settling = False  # a settle runs beside the write-ahead: writes do not settle
         self.stats = LoopStats()
 
     @property
     def assignment(self) -> set[int]:
         """Partitions this member owns now."""
         return self._consumer.assignment()
-
-    def _count_retry(self) -> None:
-        self.stats.retries += 1
 
     # -- rebalance ------------------------------------------------------------------------
 
@@ -144,8 +125,6 @@ class StreamLoop:
 
     def _poll_timeout_ms(self) -> int:
         interval = self._settings.flush_interval_ms / 1000
-        if self._unsettled and not self._backlog:
-            return 0  # written ahead: settled at once
         if not self._batches:
             return self._settings.flush_interval_ms
         oldest = min(b.started for b in self._batches.values())
@@ -155,8 +134,7 @@ class StreamLoop:
     async def _poll_once(self, timeout_ms: int) -> int:
         """Fetch and batch records; return how many."""
         if self._held:
-            held = dict(self._held)
-            self._held.clear()  # the same dict the retrier fills
+            held, self._held = self._held, {}
             count = 0
             for partition, chunks in held.items():
                 for records in chunks:
@@ -247,15 +225,15 @@ class StreamLoop:
         batches = [b for b in self._batches.values() if b.count]
         if not force and (self._backlog or not any(now - b.started >= interval for b in batches)):
             if self._unsettled and (not self._backlog or self._settle_due()):
-                await self._settle(ahead=True)
+                await self._settle()
             return
         # One round takes every partition's batch, not only the due ones: the settle after the
         # writes (an audience evaluation) costs about the same for one partition as for all.
         due = [b for b in batches if force or b.replay is None or b.replay_complete]
         if due:
-            await self._flush_many(due, force=force, ahead=not force)
+            await self._flush_many(due, force=force)
         if self._unsettled and (force or not self._backlog or self._settle_due()):
-            await self._settle(ahead=not force)
+            await self._settle()
 
     async def _drain(self) -> None:
         """Consume to the current end of every assigned partition (embedded shutdown: the
@@ -283,14 +261,10 @@ class StreamLoop:
 
     # -- write, settle, commit ------------------------------------------------------------
 
-    async def _flush_many(
-        self, batches: list[PartitionBatch], *, force: bool = False, ahead: bool = False
-    ) -> None:
+    async def _flush_many(self, batches: list[PartitionBatch], *, force: bool = False) -> None:
         """Write the batches; then settle and commit, unless a backlog is being caught up:
         then written batches wait (at most ``catchup_commit_s`` or ``catchup_commit_events``)
-        and one settle and one commit serve them all. Written while a settle runs (ahead), they
-        wait for the next round. ``ahead``: the settle may write the next round ahead (not
-        from inside :meth:`_accept`, whose records are not batched yet)."""
+        and one settle and one commit serve them all."""
         started = self._clock.monotonic()
         for batch in batches:
             if self._batches.get(batch.partition) is batch:
@@ -300,7 +274,6 @@ class StreamLoop:
             return
         written = await self._handler.write(batches, self.retrying)
         self.stats.last_write_seconds = self._clock.monotonic() - started
-        self._ahead.wrote(self.stats.last_write_seconds)
         owned = self._consumer.assignment()
         for batch in written:
             if batch.replay is not None and batch.partition in owned:
@@ -316,11 +289,8 @@ class StreamLoop:
         if any(sum(u.partition == b.partition for u in self._unsettled) > 1 for b in written):
             # Two ranges of one partition written, neither committed (crash tests).
             failpoints.hit(f"{self._name}.after_deferred_write")
-        if self._settling:
-            self.stats.batches_written_ahead += len(written)
-            return
         if force or not self._backlog or self._settle_due():
-            await self._settle(ahead=ahead)
+            await self._settle()
 
     def _settle_due(self) -> bool:
         """While catching up: whether the written batches waited long (or many) enough."""
@@ -331,19 +301,12 @@ class StreamLoop:
             or records >= self._settings.catchup_commit_events
         )
 
-    async def _settle(self, *, ahead: bool = False) -> None:
-        """Settle every written batch not settled yet, then commit those still owned.
-        ``ahead``: the next round's batches may be written meanwhile."""
+    async def _settle(self) -> None:
+        """Settle every written batch not settled yet, then commit those still owned."""
         batches, self._unsettled = self._unsettled, []
         if not batches:
             return
-        since = self._unsettled_since
-        started = self._clock.monotonic()
-        if ahead and self._write_ahead and not self._backlog:
-            await self._settle_writing_ahead(batches, started)
-        else:
-            await self._handler.settle(batches, self.retrying)
-        self._ahead.settled(self._clock.monotonic() - started)
+        await self._handler.settle(batches, self.retrying)
         owned = self._consumer.assignment()
         done = [b for b in batches if b.partition in owned]  # else: the new owner replays it
         offsets: dict[int, int] = {}
@@ -361,35 +324,49 @@ class StreamLoop:
             if batch.replay is not None:
                 self.stats.batches_replayed += 1
         self.stats.rounds += 1
-        self.stats.last_round_seconds = self._clock.monotonic() - since
+        self.stats.last_round_seconds = self._clock.monotonic() - self._unsettled_since
 
-    async def _settle_writing_ahead(self, batches: list[PartitionBatch], started: float) -> None:
-        """The handler's settle, with the next round's batches written beside it when they
-        are due by the time predicted (the settle's retries sleep: this task polls)."""
-        settling = asyncio.ensure_future(self._handler.settle(batches, self._retrier.beside))
-        self._settling = True
+    # -- back-pressure --------------------------------------------------------------------
+
+    async def retrying(
+        self, what: str, call: Callable[[], Awaitable[T]], *, partition: int | None = None
+    ) -> T:
+        """Run ``call`` until it succeeds or fails with an error that is not retryable; keep
+        the group membership meanwhile, with the assigned partitions paused.
+
+        Raises :class:`PartitionLost` if ``partition`` is revoked while waiting.
+        """
+        delay = self._settings.retry_initial_s
+        paused: set[int] = set()
         try:
-            delay = self._ahead.delay()
-            if delay is not None:
-                left = started + delay - self._clock.monotonic()
-                if not await self._outlasts(settling, left):
-                    await self._poll_once(0)
-                    ready = [b for b in self._batches.values() if b.count and b.replay is None]
-                    if ready:
-                        interval = self._settings.flush_interval_ms / 1000
-                        due_at = min(b.started for b in ready) + interval
-                        if not await self._outlasts(settling, due_at - self._clock.monotonic()):
-                            await self._flush_many(ready)
+            while True:
+                try:
+                    return await call()
+                except RetryableError as exc:
+                    self.stats.retries += 1
+                    log.warning(
+                        "store unavailable; retrying", what=what, delay=delay, error=str(exc)
+                    )
+                    if not paused:
+                        paused = self._consumer.assignment()
+                        self._consumer.pause(paused)
+                    await self._wait_polling(delay)
+                    if partition is not None and partition not in self._consumer.assignment():
+                        raise PartitionLost(what) from exc
+                    delay = min(delay * 2, self._settings.retry_max_s)
         finally:
-            self._settling = False
-            if not settling.done():
-                await asyncio.wait({settling})
-        settling.result()  # the settle's failure, if any
+            if paused:
+                self._consumer.resume(paused & self._consumer.assignment())
 
-    async def _outlasts(self, settling: asyncio.Future[None], seconds: float) -> bool:
-        """Whether ``settling`` ends within ``seconds``."""
-        if seconds > 0:
-            timer = asyncio.ensure_future(self._clock.sleep(seconds))
-            await asyncio.wait({settling, timer}, return_when=asyncio.FIRST_COMPLETED)
-            timer.cancel()
-        return settling.done()
+    async def _wait_polling(self, seconds: float) -> None:
+        # Polling a paused consumer returns nothing but keeps the member in its group. A
+        # partition assigned meanwhile is not paused: what it returns is held for later.
+        deadline = self._clock.monotonic() + seconds
+        while (left := deadline - self._clock.monotonic()) > 0:
+            try:
+                fetched = await self._consumer.getmany(int(min(left, 1.0) * 1000) + 1, 1)
+            except BrokerUnavailableError:
+                await self._clock.sleep(min(left, 0.5))
+                continue
+            for partition, records in fetched.items():
+                self._held.setdefault(partition, []).append(records)
