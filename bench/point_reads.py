@@ -11,6 +11,10 @@ the merged values, idempotent for a replayed block), against the same insert wit
 A spike for the next step of issue 12, not the product's path.
 
     python -m bench.point_reads [--visitors 400000,2000000] [--persons 100,2500]
+    python -m bench.point_reads --copy bench/.data/ready-history-50000000-skew1.5-<hash>/chdb
+
+``--copy``: instead of synthetic rows, a copy of a benchmark database kept by ``bench.audiences
+--reuse-startup`` (its ``leadback.person_signals``, copied to a temporary directory first).
 
 One chDB directory per size; medians of 11 statements (7 for the writes). Prints ms per
 statement; writes ``bench/results/point_reads-<time>.json``.
@@ -177,15 +181,87 @@ def _feed(q: Callable[..., Any], visitors: int) -> dict[str, float]:
     return {"insert_with_view_ms": with_view, "insert_without_view_ms": without}
 
 
+def measure_copy(source: Path, persons: list[int], workdir: Path) -> dict[str, Any]:
+    """The reads on a copy of a kept benchmark database: its ``person_signals`` against a
+    key-value copy of the same rows built here."""
+    directory = workdir / "copy"
+    shutil.copytree(source, directory, symlinks=True)  # data/ links into store/
+    s = session.Session(str(directory))
+    try:
+
+        def q(sql: str) -> str:
+            return str(s.query(sql, "CSV")).strip()
+
+        stored = int(q("SELECT count() FROM leadback.person_signals"))
+        t = time.perf_counter()
+        q(
+            "CREATE TABLE leadback.kv (k String, sig Array(Tuple(UInt64, String, "
+            "Array(Tuple(Int64, UInt64)), Int64))) ENGINE = EmbeddedRocksDB PRIMARY KEY k"
+        )
+        q(
+            "INSERT INTO leadback.kv SELECT concat(site_id, ':', visitor_id), "
+            "groupArray((signal, product, times, last_t)) FROM (SELECT site_id, visitor_id, "
+            "signal, product, groupUniqArrayArray(times) AS times, max(last_t) AS last_t "
+            "FROM leadback.person_signals GROUP BY ALL) GROUP BY site_id, visitor_id "
+            "SETTINGS max_bytes_before_external_group_by = 2000000000"
+        )
+        built = time.perf_counter() - t
+        visitors = [
+            tuple(x.strip('"') for x in line.split(","))
+            for line in q(
+                "SELECT site_id, visitor_id FROM leadback.person_signals GROUP BY ALL "
+                "ORDER BY cityHash64(visitor_id) LIMIT 20000"
+            ).split()
+        ]
+        rnd = random.Random(3)
+        out: dict[str, Any] = {"copy": str(source), "signal_rows": stored, "kv_build_s": built}
+        out["points"] = []
+        for n in persons:
+            chosen = rnd.sample(visitors, n)
+            pairs = ",".join(f"('{a}','{b}')" for a, b in chosen)
+            keys = ",".join(f"'{a}:{b}'" for a, b in chosen)
+            merge_tree = _median_ms(
+                lambda pairs=pairs: q(
+                    "SELECT site_id, visitor_id, signal, product, groupUniqArrayArray(times), "
+                    f"max(last_t) FROM leadback.person_signals WHERE (site_id, visitor_id) IN "
+                    f"({pairs}) GROUP BY site_id, visitor_id, signal, product FORMAT Null"
+                ),
+                9,
+            )
+            rocks = _median_ms(
+                lambda keys=keys: q(
+                    f"SELECT k, sig FROM leadback.kv WHERE k IN ({keys}) FORMAT Null"
+                ),
+                9,
+            )
+            out["points"].append(
+                {"persons": n, "merge_tree_read_ms": merge_tree, "rocksdb_read_ms": rocks}
+            )
+            print(
+                f"  copy ({stored:,} signal rows; key-value copy built in {built:.0f} s), "
+                f"{n:>5,} persons: MergeTree read {merge_tree:7.1f} ms | "
+                f"RocksDB read {rocks:6.1f} ms",
+                flush=True,
+            )
+        return out
+    finally:
+        s.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visitors", default="400000,2000000")
     parser.add_argument("--persons", default="100,2500")
+    parser.add_argument("--copy", type=Path, help="a kept benchmark database's chdb directory")
     args = parser.parse_args()
     persons = [int(x) for x in args.persons.split(",")]
     print(f"point reads of persons' signal rows; CPU {cpu_model()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="leadback-points-") as tmp:
-        results = [measure(int(v), persons, Path(tmp)) for v in args.visitors.split(",")]
+        if args.copy is not None:
+            results = [measure_copy(args.copy, persons, Path(tmp))]
+        else:
+            results = [measure(int(v), persons, Path(tmp)) for v in args.visitors.split(",")]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = Path(__file__).parent / "results" / f"point_reads-{stamp}.json"
     path.parent.mkdir(exist_ok=True)
