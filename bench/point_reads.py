@@ -243,10 +243,57 @@ def measure_copy(source: Path, persons: list[int], workdir: Path) -> dict[str, A
                 f"RocksDB read {rocks:6.1f} ms",
                 flush=True,
             )
+        out["memberships"] = _memberships_copy(q, persons)
         return out
     finally:
         s.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _memberships_copy(q: Callable[[str], str], persons: list[int]) -> list[dict[str, Any]]:
+    """The round's other per-person read: the persons' memberships (``FINAL``, as the
+    product reads them) against the same rows per person in a key-value table."""
+    stored = int(q("SELECT count() FROM leadback.memberships"))
+    q(
+        "CREATE TABLE leadback.kvm (k String, m Array(Tuple(String, String, UInt64, "
+        "Array(String), Int64, Int64, UInt32))) ENGINE = EmbeddedRocksDB PRIMARY KEY k"
+    )
+    q(
+        "INSERT INTO leadback.kvm SELECT concat(site_id, ':', person_id), groupArray((audience_id, "
+        "state, version, products, entered_at, changed_at, audience_version)) "
+        "FROM leadback.memberships FINAL GROUP BY site_id, person_id"
+    )
+    people = [
+        tuple(x.strip('"') for x in line.split(","))
+        for line in q(
+            "SELECT site_id, person_id FROM leadback.memberships GROUP BY ALL "
+            "ORDER BY cityHash64(person_id) LIMIT 20000"
+        ).split()
+    ]
+    rnd = random.Random(4)
+    points = []
+    for n in persons:
+        chosen = rnd.sample(people, min(n, len(people)))
+        pairs = ",".join(f"('{a}','{b}')" for a, b in chosen)
+        keys = ",".join(f"'{a}:{b}'" for a, b in chosen)
+        merge_tree = _median_ms(
+            lambda pairs=pairs: q(
+                "SELECT site_id, audience_id, person_id, state, version FROM leadback.memberships "
+                f"FINAL WHERE (site_id, person_id) IN ({pairs}) FORMAT Null"
+            ),
+            9,
+        )
+        rocks = _median_ms(
+            lambda keys=keys: q(f"SELECT k, m FROM leadback.kvm WHERE k IN ({keys}) FORMAT Null"),
+            9,
+        )
+        points.append({"persons": n, "merge_tree_read_ms": merge_tree, "rocksdb_read_ms": rocks})
+        print(
+            f"  copy's memberships ({stored:,} rows), {n:>5,} persons: MergeTree FINAL read "
+            f"{merge_tree:7.1f} ms | RocksDB read {rocks:6.1f} ms",
+            flush=True,
+        )
+    return points
 
 
 def main() -> None:
