@@ -206,43 +206,20 @@ def measure_copy(source: Path, persons: list[int], workdir: Path) -> dict[str, A
             "SETTINGS max_bytes_before_external_group_by = 2000000000"
         )
         built = time.perf_counter() - t
-        visitors = [
-            tuple(x.strip('"') for x in line.split(","))
-            for line in q(
-                "SELECT site_id, visitor_id FROM leadback.person_signals GROUP BY ALL "
-                "ORDER BY cityHash64(visitor_id) LIMIT 20000"
-            ).split()
-        ]
-        rnd = random.Random(3)
         out: dict[str, Any] = {"copy": str(source), "signal_rows": stored, "kv_build_s": built}
-        out["points"] = []
-        for n in persons:
-            chosen = rnd.sample(visitors, n)
-            pairs = ",".join(f"('{a}','{b}')" for a, b in chosen)
-            keys = ",".join(f"'{a}:{b}'" for a, b in chosen)
-            merge_tree = _median_ms(
-                lambda pairs=pairs: q(
-                    "SELECT site_id, visitor_id, signal, product, groupUniqArrayArray(times), "
-                    f"max(last_t) FROM leadback.person_signals WHERE (site_id, visitor_id) IN "
-                    f"({pairs}) GROUP BY site_id, visitor_id, signal, product FORMAT Null"
-                ),
-                9,
-            )
-            rocks = _median_ms(
-                lambda keys=keys: q(
-                    f"SELECT k, sig FROM leadback.kv WHERE k IN ({keys}) FORMAT Null"
-                ),
-                9,
-            )
-            out["points"].append(
-                {"persons": n, "merge_tree_read_ms": merge_tree, "rocksdb_read_ms": rocks}
-            )
-            print(
-                f"  copy ({stored:,} signal rows; key-value copy built in {built:.0f} s), "
-                f"{n:>5,} persons: MergeTree read {merge_tree:7.1f} ms | "
-                f"RocksDB read {rocks:6.1f} ms",
-                flush=True,
-            )
+        out["points"] = _compare_reads(
+            q,
+            f"copy ({stored:,} signal rows; key-value copy built in {built:.0f} s)",
+            _people(q, "person_signals", "visitor_id"),
+            persons,
+            lambda pairs: (
+                "SELECT site_id, visitor_id, signal, product, "
+                "groupUniqArrayArray(times), max(last_t) FROM leadback.person_signals "
+                f"WHERE (site_id, visitor_id) IN ({pairs}) "
+                "GROUP BY site_id, visitor_id, signal, product FORMAT Null"
+            ),
+            lambda keys: f"SELECT k, sig FROM leadback.kv WHERE k IN ({keys}) FORMAT Null",
+        )
         out["memberships"] = _memberships_copy(q, persons)
         return out
     finally:
@@ -263,34 +240,53 @@ def _memberships_copy(q: Callable[[str], str], persons: list[int]) -> list[dict[
         "state, version, products, entered_at, changed_at, audience_version)) "
         "FROM leadback.memberships FINAL GROUP BY site_id, person_id"
     )
-    people = [
+    return _compare_reads(
+        q,
+        f"copy's memberships ({stored:,} rows), FINAL",
+        _people(q, "memberships", "person_id"),
+        persons,
+        lambda pairs: (
+            "SELECT site_id, audience_id, person_id, state, version FROM "
+            f"leadback.memberships FINAL WHERE (site_id, person_id) IN ({pairs}) FORMAT Null"
+        ),
+        lambda keys: f"SELECT k, m FROM leadback.kvm WHERE k IN ({keys}) FORMAT Null",
+    )
+
+
+def _people(q: Callable[[str], str], table: str, person: str) -> list[tuple[str, ...]]:
+    """Up to 20,000 (site, person) pairs of ``table``, in a hashed order."""
+    return [
         tuple(x.strip('"') for x in line.split(","))
         for line in q(
-            "SELECT site_id, person_id FROM leadback.memberships GROUP BY ALL "
-            "ORDER BY cityHash64(person_id) LIMIT 20000"
+            f"SELECT site_id, {person} FROM leadback.{table} GROUP BY ALL "
+            f"ORDER BY cityHash64({person}) LIMIT 20000"
         ).split()
     ]
-    rnd = random.Random(4)
+
+
+def _compare_reads(
+    q: Callable[[str], str],
+    label: str,
+    people: list[tuple[str, ...]],
+    persons: list[int],
+    merge_tree_sql: Callable[[str], str],
+    kv_sql: Callable[[str], str],
+) -> list[dict[str, Any]]:
+    """For each size, the MergeTree read of random persons (by ``(site, person)`` pairs)
+    against the key-value read of the same persons (by ``site:person`` keys), medians of 9."""
+    rnd = random.Random(len(people))
     points = []
     for n in persons:
         chosen = rnd.sample(people, min(n, len(people)))
         pairs = ",".join(f"('{a}','{b}')" for a, b in chosen)
         keys = ",".join(f"'{a}:{b}'" for a, b in chosen)
-        merge_tree = _median_ms(
-            lambda pairs=pairs: q(
-                "SELECT site_id, audience_id, person_id, state, version FROM leadback.memberships "
-                f"FINAL WHERE (site_id, person_id) IN ({pairs}) FORMAT Null"
-            ),
-            9,
-        )
-        rocks = _median_ms(
-            lambda keys=keys: q(f"SELECT k, m FROM leadback.kvm WHERE k IN ({keys}) FORMAT Null"),
-            9,
-        )
+        mt_read, kv_read = merge_tree_sql(pairs), kv_sql(keys)
+        merge_tree = _median_ms(lambda sql=mt_read: q(sql), 9)
+        rocks = _median_ms(lambda sql=kv_read: q(sql), 9)
         points.append({"persons": n, "merge_tree_read_ms": merge_tree, "rocksdb_read_ms": rocks})
         print(
-            f"  copy's memberships ({stored:,} rows), {n:>5,} persons: MergeTree FINAL read "
-            f"{merge_tree:7.1f} ms | RocksDB read {rocks:6.1f} ms",
+            f"  {label}, {n:>5,} persons: MergeTree read {merge_tree:7.1f} ms | "
+            f"RocksDB read {rocks:6.1f} ms",
             flush=True,
         )
     return points
