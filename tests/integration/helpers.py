@@ -116,7 +116,7 @@ async def migrate_before(store: ClickHouseStore, version: int) -> None:
         "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
         "ENGINE = ReplacingMergeTree ORDER BY version"
     )
-    params = {"db": db, "ttl_days": 3650, "dedup_window": 1000}
+    params = {"db": db, "ttl_days": 3650, "ttl_seconds": 3650 * 86_400, "dedup_window": 1000}
     for migration in available():
         if migration.version < version:
             for statement in migration.statements(**params):
@@ -125,6 +125,33 @@ async def migrate_before(store: ClickHouseStore, version: int) -> None:
                 f"INSERT INTO {db}.schema_migrations (version, name) "
                 f"VALUES ({migration.version}, '{migration.name}')"
             )
+
+
+@contextlib.asynccontextmanager
+async def with_person_state(store: ClickHouseStore) -> AsyncIterator[None]:
+    """Run the current engine on a database older than migration 0011: its tables and views
+    exist inside the block and are dropped after it (the feed views made to write into
+    ``person_signals`` again), so the database looks as the older release left it and 0011
+    fills them from it."""
+    db = store.database
+    (state,) = (m for m in available() if m.name == "person_state")
+    params = {"db": db, "ttl_days": 3650, "ttl_seconds": 3650 * 86_400, "dedup_window": 1000}
+    for statement in state.statements(**params):
+        await store.command(statement)
+    yield
+    views = await store.query(
+        "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} AND "
+        "(startsWith(name, 'person_signals_feed_') OR startsWith(name, 'signal_rows_to_'))",
+        {"db": db},
+    )
+    for name, create in views:
+        await store.command(f"DROP VIEW {db}.{name}")
+        if str(name).startswith("person_signals_feed_"):  # as older releases had it
+            await store.command(
+                str(create).replace(f"TO {db}.signal_rows", f"TO {db}.person_signals")
+            )
+    for table in ("signal_rows", "person_state"):
+        await store.command(f"DROP TABLE {db}.{table}")
 
 
 async def count(store: ClickHouseStore, sql: str) -> int:

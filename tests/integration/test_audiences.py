@@ -365,6 +365,7 @@ async def test_erasure_removes_events_memberships_and_emits_exits(h: Harness) ->
     await h.send(
         event("shop", "sam", "page_view", h.now, url="https://x.example/contact"),
         event("shop", "sam", "identify", h.now, user_id="u-sam", traits={"email_sha256": "ab"}),
+        event("shop", "tia", "add_to_cart", h.now),
     )
     assert set(await h.members("lead_form_no_submit")) == {"u:u-sam"}
     erased = await h.engine.erase("shop", visitor_id=None, user_id="u-sam")
@@ -373,9 +374,11 @@ async def test_erasure_removes_events_memberships_and_emits_exits(h: Harness) ->
     last = h.last("lead_form_no_submit")
     assert (last["visitor_id"], last["change"], last["reason"]) == ("u:u-sam", "exit", "erased")
     db = h.store.database
-    for table, column in (("events", "visitor_id"), ("contacts", "visitor_id")):
-        rows = await h.store.query(f"SELECT count() FROM {db}.{table} WHERE {column} = 'sam'")
+    for table in ("events", "contacts", "person_signals", "person_state"):
+        rows = await h.store.query(f"SELECT count() FROM {db}.{table} WHERE visitor_id = 'sam'")
         assert rows[0][0] == 0, table
+    kept = await h.store.query(f"SELECT count() FROM {db}.person_state WHERE visitor_id = 'tia'")
+    assert kept[0][0] == 1  # the other visitors' state stays
     assert await h.members("lead_form_no_submit") == {}
 
 

@@ -32,7 +32,8 @@ SPEC = parse_audience({"id": "buyers", "site": "shop", **BUYERS})
 def _old_feed(db: str) -> str:
     """The feed as 0006 wrote it: a ``groupUniqArray`` state per row."""
     signals = list(compile_rule(SPEC, {SPEC.id: SPEC}).signals)
-    new = feed_sql(db, signals)
+    # Before 0011 the feed wrote into `person_signals` itself.
+    new = feed_sql(db, signals).replace(f"TO {db}.signal_rows", f"TO {db}.person_signals")
     return new.replace(new.split(" TO ")[0].split()[-1], f"{db}.{FEED_PREFIX}old").replace(
         "groupUniqArrayIf(", "groupUniqArrayStateIf("
     )

@@ -19,12 +19,13 @@ from leadback.settings import Settings
 from leadback.store.client import ClickHouseStore
 from leadback.store.migrations import available, migrate
 from tests.integration.audience_kit import RecordingPublisher, encoded, event
-from tests.integration.helpers import migrate_before
+from tests.integration.helpers import migrate_before, with_person_state
 from tests.integration.test_backfill import BUYERS, NOW, members, store_history
 
 pytestmark = pytest.mark.integration
 
 GRANULES, ORDER = 9, 10  # the migrations under test
+LATER = [m.version for m in available() if m.version > ORDER]  # applied with them
 SPEC = parse_audience({"id": "buyers", "site": "shop", **BUYERS})
 
 
@@ -42,12 +43,13 @@ async def old_store(make_settings: Callable[..., Settings]) -> AsyncIterator[Cli
     await store.command(
         f"INSERT INTO {db}.schema_migrations (version, name) VALUES (8, 'person_signal_stored_at')"
     )
-    engine = AudienceEngine(store, RecordingPublisher(), clock=ManualClock(NOW))
-    await engine.start()
-    await store_history(store, groups=2, per_group=40)
-    await engine.repository.put(SPEC)
-    await engine.tick()
-    await engine.close()
+    async with with_person_state(store):
+        engine = AudienceEngine(store, RecordingPublisher(), clock=ManualClock(NOW))
+        await engine.start()
+        await store_history(store, groups=2, per_group=40)
+        await engine.repository.put(SPEC)
+        await engine.tick()
+        await engine.close()
     try:
         yield store
     finally:
@@ -96,7 +98,7 @@ async def test_both_tables_move_with_every_row_and_audiences_go_on(
     assert len(signals) > 40 and sum(m[3] == "in" for m in memberships) >= 5
     assert await _feed_views(old_store) == 1
 
-    assert await migrate(old_store) == [GRANULES, ORDER]
+    assert await migrate(old_store) == [GRANULES, ORDER, *LATER]
     signals_table, _ = await _table(old_store, "person_signals")
     assert "index_granularity = 256" in signals_table and "stored_at" not in signals_table
     memberships_table, sorting = await _table(old_store, "memberships")
@@ -140,7 +142,7 @@ async def test_a_crash_before_or_after_the_memberships_swap_is_recovered(
     )
     for statement in (drop, create, copy, copy):  # died after a copy that ran twice
         await old_store.command(statement)
-    assert await migrate(old_store) == [GRANULES, ORDER]
+    assert await migrate(old_store) == [GRANULES, ORDER, *LATER]
     assert await _memberships(old_store) == memberships
 
     # Died after the swap, before dropping the old table: found done, recorded.

@@ -76,7 +76,8 @@ async def test_python_trims_and_dues_like_the_statement(
         )
         for v, sig, prod, pairs in rows
     )
-    await db.insert_json_rows("person_signals", body, dedup_token=f"{site}-trim")
+    # Through the feed's fan-out: into `person_signals` and merged into `person_state`.
+    await db.insert_json_rows("signal_rows", body, dedup_token=f"{site}-trim")
     ids = sorted(need)
     params: dict[str, Any] = {
         "signals": SIGNALS,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from leadback.audiences.person_state import ROWS_PER_COPY, copy_sql
 from leadback.audiences.predicates import literal
 from leadback.audiences.signals import (
     FEED_PREFIX,
@@ -69,8 +70,16 @@ def range_condition(bounds: Range, column: str = "visitor_id") -> str:
 class SignalBackfill:
     """Installs the feed and backfills signals; records which signals are complete."""
 
-    def __init__(self, store: ClickHouseStore, *, rows_per_range: int = ROWS_PER_RANGE) -> None:
+    def __init__(
+        self,
+        store: ClickHouseStore,
+        *,
+        rows_per_range: int = ROWS_PER_RANGE,
+        state_store: ClickHouseStore | None = None,
+    ) -> None:
         self._store = store
+        # The rounds' client: copies into `person_state` run there (see :mod:`.person_state`).
+        self._state_store = state_store or store
         self._db = store.database
         self._rev = 0
         self.rows_per_range = rows_per_range
@@ -160,7 +169,8 @@ class SignalBackfill:
     ) -> int:
         """Compute ``signals`` (of ``site``) over the stored events, range by range, then over
         the events inserted since ``since_ms`` (the feed's creation) in case an insert raced
-        it; mark them complete. Returns the events read."""
+        it; copy the site's visitors into ``person_state``; mark them complete. Returns the
+        events read."""
         if not signals:
             return 0
         await self._record(signals, "running")
@@ -177,6 +187,10 @@ class SignalBackfill:
             f"AND inserted_at >= fromUnixTimestamp64Milli({since_ms - _IN_FLIGHT_MS})"
         )
         rows_read += await self._insert(signals, late)
+        for bounds in await self.ranges("person_signals", site, ROWS_PER_COPY):
+            await self._state_store.command(
+                copy_sql(self._db, f"site_id = {literal(site)} AND {range_condition(bounds)}")
+            )
         await self._record(signals, "done")
         log.info("signals backfilled", site=site, signals=len(signals), events=rows_read)
         return rows_read

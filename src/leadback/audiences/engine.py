@@ -89,7 +89,7 @@ class AudienceEngine:
         )
         self._eraser = Eraser(store, self.identity, self._evaluator)
         self._lock = asyncio.Lock()
-        self.backfill = SignalBackfill(self._backfill_store)
+        self.backfill = SignalBackfill(self._backfill_store, state_store=store)
         self.refresher = Refresher(
             self._backfill_store,
             self.backfill,

@@ -1,6 +1,6 @@
 """Erasure requests: a visitor or user leaves every audience (exits published first), then their
-events, identity, contact details, memberships, timers, logged changes, scheduled campaign
-steps, deliveries and channel addresses are deleted."""
+events, identity, contact details, signal state, memberships, timers, logged changes, scheduled
+campaign steps, deliveries and channel addresses are deleted."""
 
 from __future__ import annotations
 
@@ -79,6 +79,10 @@ class Eraser:
                 f"AND {column} IN {{{key}:Array(String)}}",
                 params,
             )
+        await self._store.command(  # the key-value copy of their signal rows, by key
+            f"DELETE FROM {self._db}.person_state WHERE k IN {{k:Array(String)}}",
+            {"k": [f"{site}\0{v}" for v in visitors]},
+        )
         await self._identity.forget(site, visitors)
         log.info("erased", site=site, persons=len(persons), visitors=len(visitors), exits=exits)
         return Erasure(site, person_list, visitors, exits)

@@ -38,9 +38,9 @@ ENTRY_TYPE = "Array(Tuple(UInt64, String, UInt8))"
 FEED_PREFIX = "person_signals_feed_"
 #: The layout of ``person_signals`` the feed writes (``times`` as a plain array since 0007) and
 #: the shape of its statement (tests in an inner select): a view of another is replaced at start.
-FEED_LAYOUT = "arrays:step-table"
+FEED_LAYOUT = "arrays:step-table:signal-rows"
 #: Layouts feeds were made with before; :func:`older_feed_names` finds their views.
-OLDER_FEED_LAYOUTS = ("arrays:inner-tests",)
+OLDER_FEED_LAYOUTS = ("arrays:inner-tests", "arrays:step-table")
 
 
 @dataclass(frozen=True)
@@ -212,9 +212,11 @@ def older_feed_names(signals: Iterable[Signal]) -> list[str]:
 
 
 def feed_sql(db: str, signals: Iterable[Signal]) -> str:
-    """The materialized view feeding ``person_signals`` from every insert into ``events``."""
+    """The materialized view feeding the signal state from every insert into ``events``: into
+    ``signal_rows``, whose views write ``person_signals`` and the persons' values of
+    ``person_state`` (migration 0011)."""
     chosen = list(signals)
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{feed_name(chosen)} "
-        f"TO {db}.person_signals AS\n{state_select(db, chosen)}"
+        f"TO {db}.signal_rows AS\n{state_select(db, chosen)}"
     )

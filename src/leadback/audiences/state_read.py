@@ -63,15 +63,19 @@ FROM (
             p.signal AS signal, p.product AS product,
             arrayMap(x -> x.1, arrayDistinct(groupArrayArray(p.times))) AS ts,
             max(p.last_t) AS last_t
-        FROM {db}.person_signals AS p
+        FROM (
+            SELECT site_id, visitor_id, e.1 AS signal, e.2 AS product, e.3 AS times,
+                e.4 AS last_t
+            FROM {db}.person_state ARRAY JOIN v AS e
+            WHERE k IN (SELECT concat(site_id, '\\0', visitor_id) FROM seen)
+                AND e.1 IN {{signals:Array(UInt64)}}
+        ) AS p
         LEFT ANY JOIN (
             SELECT site_id, visitor_id, argMax(person_id, version) AS person_id
             FROM {db}.identities
             WHERE (site_id, visitor_id) IN seen
             GROUP BY site_id, visitor_id
         ) AS idm ON p.site_id = idm.site_id AND p.visitor_id = idm.visitor_id
-        WHERE (p.site_id, p.visitor_id) IN seen
-            AND p.signal IN {{signals:Array(UInt64)}}
         GROUP BY site, person, signal, product
         HAVING (site, person) IN wanted
     )

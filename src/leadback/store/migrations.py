@@ -1,9 +1,9 @@
 """Versioned schema migrations, applied in order by the services that own the tables.
 
 Each ``migrations/NNNN_name.sql`` file holds statements separated by ``;`` with ``{db}``,
-``{ttl_days}`` and ``{dedup_window}`` placeholders. Applied versions are recorded in
-``schema_migrations``; statements are idempotent (``IF NOT EXISTS``), so two services starting
-at once are harmless.
+``{ttl_days}``, ``{ttl_seconds}`` and ``{dedup_window}`` placeholders. Applied versions are
+recorded in ``schema_migrations``; statements are idempotent (``IF NOT EXISTS``), so two
+services starting at once are harmless.
 
 A migration that cannot be written idempotently (a table rebuilt and swapped in) starts with a
 guard line, ``-- skip_if: <SELECT>``: when the query returns a row whose first value is 1, the
@@ -86,6 +86,7 @@ async def migrate(store: ClickHouseStore) -> list[int]:
     params = {
         "db": db,
         "ttl_days": store.settings.events_ttl_days,
+        "ttl_seconds": store.settings.events_ttl_days * 86_400,
         "dedup_window": store.settings.dedup_window_blocks,
     }
     applied: list[int] = []

@@ -1,0 +1,97 @@
+"""``person_state`` holds exactly what ``person_signals`` holds, per visitor.
+
+Random blocks of signal rows go through the feed's fan-out (``signal_rows``) in several inserts,
+some of them inserted twice (a replayed block), and some rows go into ``person_signals`` alone
+the way a backfill writes them, followed by the backfill's copy: every visitor's key-value row
+then holds, per (signal, product), the distinct (time, event hash) pairs and the latest time of
+that visitor's ``person_signals`` rows, and no key is left without rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from leadback.audiences.person_state import copy_sql
+from leadback.store.client import ClickHouseStore
+from tests.conftest import store_examples
+
+_sites = itertools.count()
+T0 = 1_790_000_000_000  # ms: rows older than the events TTL would leave `person_signals`
+_tokens = itertools.count()
+
+Row = tuple[str, int, str, list[tuple[int, int]]]
+
+rows = st.tuples(
+    st.sampled_from(["v1", "v2", "v3", "v4"]),
+    st.sampled_from([11, 12, 13]),
+    st.sampled_from(["", "p1", "p2"]),
+    st.lists(st.tuples(st.integers(1, 6), st.integers(1, 3)), max_size=3),
+)
+# A block: its rows, whether it is inserted twice, whether a backfill writes it (no fan-out).
+blocks = st.tuples(st.lists(rows, min_size=1, max_size=6), st.booleans(), st.booleans())
+
+
+def _body(site: str, block: list[Row]) -> bytes:
+    return b"\n".join(
+        orjson.dumps(
+            {
+                "site_id": site,
+                "visitor_id": v,
+                "signal": sig,
+                "product": prod,
+                "times": [[T0 + t, h] for t, h in pairs],
+                # A row of no kept times still carries its latest time (idle signals).
+                "last_t": T0 + max((t for t, _ in pairs), default=0) + sig,
+            }
+        )
+        for v, sig, prod, pairs in block
+    )
+
+
+async def _state(store: ClickHouseStore, site: str) -> dict[tuple[Any, ...], Any]:
+    found = await store.query(
+        f"SELECT visitor_id, e.1, e.2, arraySort(e.3), e.4, k "
+        f"FROM {store.database}.person_state ARRAY JOIN v AS e WHERE site_id = {{s:String}}",
+        {"s": site},
+    )
+    for r in found:
+        assert r[5] == f"{site}\0{r[0]}"  # the key a round looks the visitor up by
+    return {tuple(r[:3]): (list(r[3]), r[4]) for r in found}
+
+
+async def _signals(store: ClickHouseStore, site: str) -> dict[tuple[Any, ...], Any]:
+    found = await store.query(
+        "SELECT visitor_id, signal, product, arraySort(groupUniqArrayArray(times)), max(last_t) "
+        f"FROM {store.database}.person_signals WHERE site_id = {{s:String}} GROUP BY ALL",
+        {"s": site},
+    )
+    return {tuple(r[:3]): (list(r[3]), r[4]) for r in found}
+
+
+@store_examples(40)
+@given(history=st.lists(blocks, min_size=1, max_size=5))
+async def test_the_key_value_rows_hold_what_person_signals_holds(
+    db: ClickHouseStore, history: list[tuple[list[Row], bool, bool]]
+) -> None:
+    site = f"s{next(_sites)}"
+    backfilled = False
+    for block, twice, by_backfill in history:
+        body = _body(site, block)
+        for _ in range(2 if twice else 1):
+            token = f"ps-{next(_tokens)}"  # a replay under another token is not deduplicated
+            if by_backfill:
+                await db.insert_json_rows("person_signals", body, dedup_token=token)
+            else:
+                await db.insert_json_rows("signal_rows", body, dedup_token=token)
+        backfilled |= by_backfill
+        if by_backfill and twice:  # the backfill's copy, then the feed goes on
+            await db.command(copy_sql(db.database, f"site_id = '{site}'"))
+            backfilled = False
+    if backfilled:
+        await db.command(copy_sql(db.database, f"site_id = '{site}'"))
+    assert await _state(db, site) == await _signals(db, site)
