@@ -16,7 +16,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leadback.audiences.person_state import copy_sql
+from leadback.audiences.person_state import copy_sql, ensure_view
 from leadback.store.client import ClickHouseStore
 from tests.conftest import store_examples
 
@@ -78,6 +78,7 @@ async def _signals(store: ClickHouseStore, site: str) -> dict[tuple[Any, ...], A
 async def test_the_key_value_rows_hold_what_person_signals_holds(
     db: ClickHouseStore, history: list[tuple[list[Row], bool, bool]]
 ) -> None:
+    await ensure_view(db)  # made with the feed
     site = f"s{next(_sites)}"
     backfilled = False
     for block, twice, by_backfill in history:

@@ -1,5 +1,5 @@
 """Events past the TTL stop counting: the per-person state follows the events TTL, in what an
-evaluation reads at once and in what ClickHouse keeps; a changed TTL reaches both tables."""
+evaluation reads at once and in what ClickHouse keeps; a changed TTL reaches every table."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from leadback.audiences.engine import AudienceEngine
+from leadback.audiences.person_state import ensure_ttl, ensure_view
 from leadback.audiences.rules import parse_audiences
 from leadback.clock import ManualClock
 from leadback.settings import Settings
@@ -53,6 +54,15 @@ async def _ttl_days(store: ClickHouseStore, table: str) -> str:
     return str(rows[0][0]).split("toIntervalDay(")[1].split(")")[0]
 
 
+async def _state_ttl_s(store: ClickHouseStore) -> int:
+    rows = await store.query(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+        "AND name = 'person_state'",
+        {"db": store.database},
+    )
+    return int(str(rows[0][0]).split("EmbeddedRocksDB(")[1].split(")")[0])
+
+
 async def test_times_past_the_ttl_do_not_count(short_ttl: ClickHouseStore) -> None:
     # Stored while they were young: the feed keeps them, the TTL has not run yet.
     engine = AudienceEngine(short_ttl, RecordingPublisher(), clock=ManualClock(NOW))
@@ -89,6 +99,20 @@ async def test_the_ttl_follows_the_setting_on_both_tables(
         assert await migrate(longer) == []
         assert await _ttl_days(longer, "events") == "90"
         assert await _ttl_days(longer, "person_signals") == "90"
+        # The key-value state: remade by the segmenter's start, its values and view kept.
+        assert await _state_ttl_s(longer) == TTL_DAYS * 86_400
+        body = b'{"site_id":"shop","visitor_id":"v","signal":1,"product":"","times":[],"last_t":1}'
+        await ensure_view(longer)
+        await longer.insert_json_rows("signal_rows", body, dedup_token="before")
+        await ensure_ttl(longer)
+        assert await _state_ttl_s(longer) == 90 * 86_400
+        await longer.insert_json_rows(
+            "signal_rows", body.replace(b":1}", b":2}"), dedup_token="after"
+        )
+        rows = await longer.query(f"SELECT v FROM {longer.database}.person_state")
+        assert [r[0] for r in rows] == [[(1, "", [], 2)]]
+        await ensure_ttl(longer)  # unchanged now: nothing to do
+        assert await _state_ttl_s(longer) == 90 * 86_400
     finally:
         await longer.close()
     # A row whose latest event is past the TTL is deleted when its part is merged.

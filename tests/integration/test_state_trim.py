@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.audiences.compiler import NEVER
+from leadback.audiences.person_state import ensure_view
 from leadback.audiences.state_read import due_time, state_sql, trim_times
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
@@ -77,6 +78,7 @@ async def test_python_trims_and_dues_like_the_statement(
         for v, sig, prod, pairs in rows
     )
     # Through the feed's fan-out: into `person_signals` and merged into `person_state`.
+    await ensure_view(db)
     await db.insert_json_rows("signal_rows", body, dedup_token=f"{site}-trim")
     ids = sorted(need)
     params: dict[str, Any] = {

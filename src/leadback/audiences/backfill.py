@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from leadback.audiences.person_state import ROWS_PER_COPY, copy_sql
+from leadback.audiences.person_state import ROWS_PER_COPY, copy_sql, ensure_view
 from leadback.audiences.predicates import literal
 from leadback.audiences.signals import (
     FEED_PREFIX,
@@ -99,6 +99,7 @@ class SignalBackfill:
         """Create the feed of ``signals`` if it is missing (a migration that rebuilt
         ``person_signals`` dropped it, or its statement's layout is new) and drop the same
         signals' feed of an older layout; other feeds are left to :meth:`install_feed`."""
+        await ensure_view(self._store)
         if signals:
             await self._store.command(feed_sql(self._db, signals))
             for old in older_feed_names(signals):
@@ -116,6 +117,7 @@ class SignalBackfill:
             )
         }
         created_at = int(time.time() * 1000)
+        await ensure_view(self._store)
         if signals and name not in existing:
             await self._store.command(feed_sql(self._db, signals))
             log.info("signal feed installed", view=name, signals=len(set(signals)))

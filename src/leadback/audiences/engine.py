@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from leadback.audiences import person_state
 from leadback.audiences.backfill import SignalBackfill
 from leadback.audiences.changes import ChangePublisher
 from leadback.audiences.compiler import compile_rule
@@ -118,6 +119,7 @@ class AudienceEngine:
             await self._sweep()
             await self._reconcile()
             # Before any round inserts: the feed exists even when no definition changed.
+            await person_state.ensure_ttl(self._store)
             await self.backfill.ensure_feed(self._definitions.all_signals())
 
     async def close(self) -> None:

@@ -1,17 +1,57 @@
 """``person_state``: each visitor's signal rows as one key-value row (migration 0011).
 
-The feed keeps it as events are inserted (a view merges each block into the stored values). A
-backfill writes ``person_signals`` only, on its own client, then copies (:func:`copy_sql`) the
-site's visitors' rows into ``person_state`` range by range on the rounds' client. One client runs
-one statement at a time, so a copy never interleaves with a feed's read-merge-write of the same
-key: the copied value is the whole of ``person_signals`` for the visitor, which holds everything
-the feed wrote before it.
+A round reads its persons' signal rows by key here instead of from ``person_signals``, whose
+read touched a granule in nearly every part and so grew with the table. The feed writes into
+``signal_rows`` (a ``Null`` table); one view copies each block into ``person_signals``, the other
+(:func:`view_sql`, made with the feed: :func:`ensure_view`) merges the block into the stored
+values of its visitors. A backfill writes ``person_signals`` only, on its own client, then copies
+(:func:`copy_sql`) the site's visitors into ``person_state`` on the rounds' client. One client
+runs one statement at a time, so a copy never interleaves with a feed's read-merge-write of the
+same key, and the copied value, the whole of ``person_signals`` for the visitor, holds
+everything the feed wrote before it.
 """
 
 from __future__ import annotations
 
+import re
+
+from leadback.logs import get_logger
+from leadback.store.client import ClickHouseStore
+
+log = get_logger(__name__)
+
 #: ``person_signals`` rows per copy statement (a round's state read is about this size).
 ROWS_PER_COPY = 20_000
+VIEW = "signal_rows_to_person_state"
+_TTL = re.compile(r"EmbeddedRocksDB\((\d+)")
+
+
+def view_sql(db: str) -> str:
+    """The view merging each block of ``signal_rows`` into ``person_state``: the block's rows
+    grouped per visitor, the stored values of those keys looked up by a ``direct`` join (no
+    scan), and per (signal, product) the union of the times (a set: a block written twice
+    changes nothing) and the latest time."""
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{VIEW} TO {db}.person_state
+AS SELECT k, site_id, visitor_id, groupArray((signal, product, times, last_t)) AS v
+FROM (
+    SELECT k, site_id, visitor_id, e.1 AS signal, e.2 AS product,
+        arrayDistinct(groupArrayArray(e.3)) AS times, max(e.4) AS last_t
+    FROM (
+        SELECT n.k AS k, n.site_id AS site_id, n.visitor_id AS visitor_id,
+            arrayConcat(r.v, n.v) AS entries
+        FROM (
+            SELECT concat(site_id, '\\0', visitor_id) AS k, site_id, visitor_id,
+                groupArray((signal, product, times, last_t)) AS v
+            FROM {db}.signal_rows
+            GROUP BY site_id, visitor_id
+        ) AS n
+        LEFT JOIN {db}.person_state AS r ON n.k = r.k
+        SETTINGS join_algorithm = 'direct'
+    )
+    ARRAY JOIN entries AS e
+    GROUP BY k, site_id, visitor_id, signal, product
+)
+GROUP BY k, site_id, visitor_id"""
 
 
 def copy_sql(db: str, where: str) -> str:
@@ -28,3 +68,36 @@ FROM (
     GROUP BY site_id, visitor_id, signal, product
 )
 GROUP BY site_id, visitor_id"""
+
+
+async def ensure_view(store: ClickHouseStore) -> None:
+    """Make the merging view if it is missing (with the feed: the feed's rows reach
+    ``person_state`` only through it)."""
+    await store.command(view_sql(store.database))
+
+
+async def ensure_ttl(store: ClickHouseStore) -> None:
+    """If the events TTL setting changed, remake the table with the new one (the engine's TTL
+    is fixed when a table is made: a key kept for less than the events would lose times the
+    rules may still read), then make the view. Called by the segmenter at start, before any
+    insert; with several segmenters, stop the others first."""
+    db = store.database
+    wanted = store.settings.events_ttl_days * 86_400
+    rows = await store.query(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} "
+        "AND name = 'person_state'",
+        {"db": db},
+    )
+    match = _TTL.search(str(rows[0][0])) if rows else None
+    await store.command(f"DROP TABLE IF EXISTS {db}.person_state_v2")  # a crash's leftover
+    if match is not None and int(match.group(1)) != wanted:
+        await store.command(f"DROP VIEW IF EXISTS {db}.{VIEW}")
+        await store.command(
+            f"CREATE TABLE {db}.person_state_v2 AS {db}.person_state "
+            f"ENGINE = EmbeddedRocksDB({wanted}) PRIMARY KEY k"
+        )
+        await store.command(f"INSERT INTO {db}.person_state_v2 SELECT * FROM {db}.person_state")
+        await store.command(f"EXCHANGE TABLES {db}.person_state AND {db}.person_state_v2")
+        await store.command(f"DROP TABLE {db}.person_state_v2")
+        log.info("person_state TTL changed", seconds=wanted, was=int(match.group(1)))
+    await ensure_view(store)

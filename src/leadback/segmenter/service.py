@@ -116,13 +116,20 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
         await engine.start()
     seg = build_segmenter(settings, store, bootstrap, producer, engine, embedded=embedded)
     dispatcher = None
+    dispatch_store: ClickHouseStore | None = None
     if settings.dispatcher.enabled and settings.clickhouse.url.startswith("chdb://"):
         # chDB allows one process per directory: the dispatcher runs here, beside the
         # segmenter. Over HTTP it runs apart (`leadback dispatcher`).
         from leadback.dispatcher.metrics import dispatcher_samples
         from leadback.dispatcher.service import build_dispatcher
 
-        dispatcher = build_dispatcher(settings, store, bootstrap, producer, embedded=embedded)
+        # A client of its own: on the rounds' client its reads (a definitions check per batch
+        # of changes, its plans) queued between the rounds' statements.
+        dispatch_store = ClickHouseStore(settings.clickhouse)
+        await dispatch_store.connect()
+        dispatcher = build_dispatcher(
+            settings, dispatch_store, bootstrap, producer, embedded=embedded
+        )
     if settings.segmenter.metrics_port:
         registry = CollectorRegistry()
         registry.register(CallbackCollector(lambda: samples(seg, engine)))
@@ -170,6 +177,8 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
             await task
         await producer.stop()
         changes.close()
+        if dispatch_store is not None:
+            await dispatch_store.close()
         await store.close()
         log.info("segmenter stopped", **seg.stats.__dict__)
 

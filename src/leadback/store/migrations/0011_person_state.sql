@@ -9,7 +9,9 @@
 -- `person_signals` only, on its own client; the persons it filled are then copied into
 -- `person_state` range by range on the rounds' client (leadback.audiences.person_state), so no
 -- two writers merge into one key at once. The engine's TTL drops a key not written for the
--- events TTL; reads drop older times. Like 0007, stop every segmenter before the upgrade.
+-- events TTL; reads drop older times. The view that merges into `person_state` is the
+-- segmenter's (it makes it at start, before the feed, and remakes the table when the TTL setting
+-- changes). Like 0007, stop every segmenter before the upgrade.
 -- drop_views: person_signals_feed_
 CREATE TABLE IF NOT EXISTS {db}.signal_rows
 (
@@ -32,27 +34,6 @@ ENGINE = EmbeddedRocksDB({ttl_seconds})
 PRIMARY KEY k;
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.signal_rows_to_person_signals TO {db}.person_signals
 AS SELECT site_id, visitor_id, signal, product, times, last_t FROM {db}.signal_rows;
-CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.signal_rows_to_person_state TO {db}.person_state
-AS SELECT k, site_id, visitor_id, groupArray((signal, product, times, last_t)) AS v
-FROM (
-    SELECT k, site_id, visitor_id, e.1 AS signal, e.2 AS product,
-        arrayDistinct(groupArrayArray(e.3)) AS times, max(e.4) AS last_t
-    FROM (
-        SELECT n.k AS k, n.site_id AS site_id, n.visitor_id AS visitor_id,
-            arrayConcat(r.v, n.v) AS entries
-        FROM (
-            SELECT concat(site_id, '\0', visitor_id) AS k, site_id, visitor_id,
-                groupArray((signal, product, times, last_t)) AS v
-            FROM {db}.signal_rows
-            GROUP BY site_id, visitor_id
-        ) AS n
-        LEFT JOIN {db}.person_state AS r ON n.k = r.k
-        SETTINGS join_algorithm = 'direct'
-    )
-    ARRAY JOIN entries AS e
-    GROUP BY k, site_id, visitor_id, signal, product
-)
-GROUP BY k, site_id, visitor_id;
 INSERT INTO {db}.person_state
 SELECT concat(site_id, '\0', visitor_id), site_id, visitor_id,
     groupArray((signal, product, times, last_t))
