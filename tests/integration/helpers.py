@@ -127,22 +127,28 @@ async def migrate_before(store: ClickHouseStore, version: int) -> None:
             )
 
 
+#: Migrations of the key-value tables a round reads (0011 and on), and what they make.
+KEY_VALUE = ("person_state", "person_memberships")
+_KEY_VALUE_VIEWS = ("person_signals_feed_", "signal_rows_to_", "memberships_to_")
+
+
 @contextlib.asynccontextmanager
 async def with_person_state(store: ClickHouseStore) -> AsyncIterator[None]:
-    """Run the current engine on a database older than migration 0011: its tables and views
-    exist inside the block and are dropped after it (the feed views made to write into
-    ``person_signals`` again), so the database looks as the older release left it and 0011
-    fills them from it."""
+    """Run the current engine on a database older than migration 0011: the key-value tables
+    and their views exist inside the block and are dropped after it (the feed views made to
+    write into ``person_signals`` again), so the database looks as the older release left it
+    and the migrations fill them from it."""
     db = store.database
-    (state,) = (m for m in available() if m.name == "person_state")
     params = {"db": db, "ttl_days": 3650, "ttl_seconds": 3650 * 86_400, "dedup_window": 1000}
-    for statement in state.statements(**params):
-        await store.command(statement)
+    for migration in available():
+        if migration.name in KEY_VALUE:
+            for statement in migration.statements(**params):
+                await store.command(statement)
     yield
     views = await store.query(
         "SELECT name, create_table_query FROM system.tables WHERE database = {db:String} AND "
-        "(startsWith(name, 'person_signals_feed_') OR startsWith(name, 'signal_rows_to_'))",
-        {"db": db},
+        "multiSearchAny(name, {p:Array(String)})",
+        {"db": db, "p": list(_KEY_VALUE_VIEWS)},
     )
     for name, create in views:
         await store.command(f"DROP VIEW {db}.{name}")
@@ -150,7 +156,7 @@ async def with_person_state(store: ClickHouseStore) -> AsyncIterator[None]:
             await store.command(
                 str(create).replace(f"TO {db}.signal_rows", f"TO {db}.person_signals")
             )
-    for table in ("signal_rows", "person_state"):
+    for table in ("signal_rows", *KEY_VALUE):
         await store.command(f"DROP TABLE {db}.{table}")
 
 

@@ -1,10 +1,15 @@
-"""``person_state`` holds exactly what ``person_signals`` holds, per visitor.
+"""The key-value tables a round reads hold exactly what their tables of record hold.
+
+``person_state`` and ``person_signals``, per visitor:
 
 Random blocks of signal rows go through the feed's fan-out (``signal_rows``) in several inserts,
 some of them inserted twice (a replayed block), and some rows go into ``person_signals`` alone
 the way a backfill writes them, followed by the backfill's copy: every visitor's key-value row
 then holds, per (signal, product), the distinct (time, event hash) pairs and the latest time of
 that visitor's ``person_signals`` rows, and no key is left without rows.
+
+``person_memberships`` and ``memberships``: random membership writes in several inserts, some
+inserted twice; the round's read by key answers what ``memberships FINAL`` answers.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.audiences.person_state import copy_sql, ensure_view
+from leadback.audiences.query import memberships_sql
 from leadback.store.client import ClickHouseStore
+from leadback.store.literals import string_pairs
 from tests.conftest import store_examples
 
 _sites = itertools.count()
@@ -96,3 +103,50 @@ async def test_the_key_value_rows_hold_what_person_signals_holds(
     if backfilled:
         await db.command(copy_sql(db.database, f"site_id = '{site}'"))
     assert await _state(db, site) == await _signals(db, site)
+
+
+# A membership write: (person, audience, version); its content follows from the version (one
+# version, one content), as the engine writes it.
+writes = st.lists(
+    st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.sampled_from(["a", "b"]), st.integers(1, 5)),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _membership(site: str, person: str, audience: str, version: int) -> bytes:
+    return orjson.dumps(
+        {
+            "site_id": site,
+            "audience_id": audience,
+            "person_id": person,
+            "state": "in" if version % 2 else "out",
+            "version": version,
+            "products": [f"x{version}"] if audience == "b" else [],
+            "entered_at": 1000 * version,
+            "changed_at": 1000 * version + 1,
+            "audience_version": 1,
+        }
+    )
+
+
+@store_examples(40)
+@given(history=st.lists(st.tuples(writes, st.booleans()), min_size=1, max_size=5))
+async def test_the_key_value_memberships_are_the_latest_versions(
+    db: ClickHouseStore, history: list[tuple[list[tuple[str, str, int]], bool]]
+) -> None:
+    site = f"m{next(_sites)}"
+    for block, twice in history:
+        body = b"\n".join(_membership(site, *w) for w in block)
+        for _ in range(2 if twice else 1):
+            await db.insert_json_rows("memberships", body, dedup_token=f"pm-{next(_tokens)}")
+    persons = string_pairs([(site, p) for p in ("p1", "p2", "p3", "nobody")])
+    found = await db.query(
+        memberships_sql(db.database, persons), {"audiences": [(site, "a"), (site, "b")]}
+    )
+    final = await db.query(
+        "SELECT site_id, audience_id, person_id, state, version, entered_at, products "
+        f"FROM {db.database}.memberships FINAL WHERE site_id = {{s:String}}",
+        {"s": site},
+    )
+    assert sorted(map(tuple, found)) == sorted(map(tuple, final))

@@ -79,9 +79,14 @@ class Eraser:
                 f"AND {column} IN {{{key}:Array(String)}}",
                 params,
             )
-        await self._store.command(  # the key-value copy of their signal rows, by key
+        # The key-value copies of their signal rows and memberships, by key.
+        await self._store.command(
             f"DELETE FROM {self._db}.person_state WHERE k IN {{k:Array(String)}}",
             {"k": [f"{site}\0{v}" for v in visitors]},
+        )
+        await self._store.command(
+            f"DELETE FROM {self._db}.person_memberships WHERE k IN {{k:Array(String)}}",
+            {"k": [f"{site}\0{p}" for p in person_list]},
         )
         await self._identity.forget(site, visitors)
         log.info("erased", site=site, persons=len(persons), visitors=len(visitors), exits=exits)
