@@ -8,7 +8,9 @@ keeping such a table would cost a round: looking the round's persons up by a ``d
 and writing their new values; and a feed that keeps such a table up to date as events are
 inserted (a materialized view that looks the block's keys up by a ``direct`` join and writes
 the merged values, idempotent for a replayed block), against the same insert with no view.
-A spike for the next step of issue 12, not the product's path.
+The spike that led to ``person_state`` and ``person_memberships`` (migrations 0011 and 0012),
+the tables a round now reads by key; it measures the engines on their own, not the product's
+statements.
 
     python -m bench.point_reads [--visitors 400000,2000000] [--persons 100,2500]
     python -m bench.point_reads --copy bench/.data/ready-history-50000000-skew1.5-<hash>/chdb
