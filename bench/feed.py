@@ -34,6 +34,7 @@ from bench.audience_sets import many_audiences_yaml
 from bench.common import cpu_model
 from bench.history import CATEGORIES, MIX, PRODUCTS
 from leadback.audiences.compiler import compile_rule
+from leadback.audiences.person_state import ensure_view
 from leadback.audiences.rules import AudienceSpec, parse_audiences
 from leadback.audiences.signals import Signal, by_id, feed_name, feed_sql
 from leadback.events import empty_click_ids, empty_utm, format_ts
@@ -102,6 +103,7 @@ async def run(audiences: list[int], inserts: int, rounds: int) -> dict[str, Any]
     store = ClickHouseStore(ClickHouseSettings(url=f"chdb://{directory}", database="bench"))
     try:
         await migrate(store)
+        await ensure_view(store)  # the feed's rows also merge into `person_state`, as in rounds
         feeds = {n: signals_of(n) for n in audiences}
         sites = sorted({s for _, site_list in feeds.values() for s in site_list})
         rng = random.Random(7)
