@@ -379,6 +379,10 @@ async def test_erasure_removes_events_memberships_and_emits_exits(h: Harness) ->
         assert rows[0][0] == 0, table
     kept = await h.store.query(f"SELECT count() FROM {db}.person_state WHERE visitor_id = 'tia'")
     assert kept[0][0] == 1  # the other visitors' state stays
+    gone = await h.store.query(
+        f"SELECT count() FROM {db}.person_memberships WHERE person_id = 'u:u-sam'"
+    )
+    assert gone[0][0] == 0
     assert await h.members("lead_form_no_submit") == {}
 
 

@@ -79,15 +79,14 @@ class Eraser:
                 f"AND {column} IN {{{key}:Array(String)}}",
                 params,
             )
-        # The key-value copies of their signal rows and memberships, by key.
-        await self._store.command(
-            f"DELETE FROM {self._db}.person_state WHERE k IN {{k:Array(String)}}",
-            {"k": [f"{site}\0{v}" for v in visitors]},
-        )
-        await self._store.command(
-            f"DELETE FROM {self._db}.person_memberships WHERE k IN {{k:Array(String)}}",
-            {"k": [f"{site}\0{p}" for p in person_list]},
-        )
+        # The key-value copies of their signal rows and memberships, by key (made in SQL: no
+        # NUL byte travels as a parameter).
+        for table, key in (("person_state", "v"), ("person_memberships", "p")):
+            await self._store.command(
+                f"DELETE FROM {self._db}.{table} WHERE k IN "
+                f"(SELECT concat({{s:String}}, '\\0', arrayJoin({{{key}:Array(String)}})))",
+                params,
+            )
         await self._identity.forget(site, visitors)
         log.info("erased", site=site, persons=len(persons), visitors=len(visitors), exits=exits)
         return Erasure(site, person_list, visitors, exits)
