@@ -510,3 +510,25 @@ async def test_a_round_of_thousands_of_visitors(h: Harness) -> None:
     visitors = [f"visitor-{i:05d}-{'x' * 40}" for i in range(8_000)]
     await h.send(*(event("shop", v, "purchase", t - 60) for v in visitors))
     assert sorted(await h.members("purchasers_30d")) == visitors
+
+
+async def test_a_key_value_membership_a_crash_left_behind_is_copied_by_the_sweep(
+    h: Harness,
+) -> None:
+    """Killed after a memberships insert and before its view wrote ``person_memberships`` (the
+    change logged, not published): the sweep copies the persons of unpublished changes from
+    ``memberships``, so the next evaluation does not issue the version again."""
+    contact = "https://x.example/contact"
+    await h.send(event("shop", "kim", "page_view", h.now, url=contact))
+    assert h.changes("lead_form_no_submit") == [("kim", "enter", 1)]
+    db = h.store.database
+    token = (await h.store.query(f"SELECT token FROM {db}.audience_changes"))[0][0]
+    await h.store.command(f"DELETE FROM {db}.person_memberships WHERE person_id = 'kim'")
+    await h.store.command(
+        f"DELETE FROM {db}.audience_changes_published WHERE token = {{t:String}}", {"t": token}
+    )
+    await h.engine._outbox.sweep()  # as at the restarted process's start
+    await h.send(event("shop", "kim", "page_view", h.now + 1, url=contact))
+    # The republished enter, and no second decision about kim.
+    assert h.changes("lead_form_no_submit") == [("kim", "enter", 1)] * 2
+    assert len({r["at"] for r in h.publisher.records}) == 1

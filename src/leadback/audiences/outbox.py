@@ -24,6 +24,7 @@ from leadback.audiences.changes import ChangePublisher, ChangeRecord, change_rec
 from leadback.errors import BrokerUnavailableError
 from leadback.logs import get_logger
 from leadback.store.client import ClickHouseStore
+from leadback.store.literals import as_set, string_pairs
 
 log = get_logger(__name__)
 
@@ -126,6 +127,7 @@ class ChangeOutbox:
         )
         logged = [dict(zip(_LOGGED, raw, strict=True)) for raw in rows]
         await self._restore_memberships(logged)
+        await self._copy_keys(logged)
         self.in_doubt = False
         by_token: dict[str, list[ChangeRecord]] = {}
         for r in logged:
@@ -134,6 +136,25 @@ class ChangeOutbox:
             if await self._publish(token, records):
                 self._stats.republished += len(records)
                 log.info("republished logged changes", token=token, records=len(records))
+
+    async def _copy_keys(self, logged: Sequence[dict[str, Any]]) -> None:
+        """Copy the persons of ``logged`` from ``memberships`` into ``person_memberships``.
+
+        A view writes that key-value copy after each ``memberships`` insert, not atomically
+        with it: a process killed in between leaves the copy behind, the change unpublished
+        (its publish comes after), and a later evaluation would read the older membership and
+        issue its version again. The persons of unpublished changes are exactly those of such
+        writes."""
+        pairs = sorted({(str(r["site_id"]), str(r["person_id"])) for r in logged})
+        if pairs:
+            await self._store.command(
+                f"INSERT INTO {self._db}.person_memberships "
+                "SELECT concat(site_id, '\\0', person_id), site_id, person_id, "
+                "groupArray((audience_id, toString(state), version, entered_at, products)) "
+                f"FROM {self._db}.memberships FINAL "
+                f"WHERE (site_id, person_id) IN {as_set(string_pairs(pairs))} "
+                "GROUP BY site_id, person_id"
+            )
 
     async def _restore_memberships(self, logged: Sequence[dict[str, Any]]) -> None:
         """Write the membership each logged change leaves where the stored one is older."""
