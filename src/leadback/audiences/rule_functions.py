@@ -183,6 +183,55 @@ def _inline(audience_id: str, ctx: _Context) -> Test:
         ctx.stack.pop()
 
 
+#: A required signal: (signal id, window ms): a time of it newer than ``now - window`` (a
+#: window of :data:`ANY_TIME`: any time it holds).
+Required = frozenset[tuple[int, int]]
+ANY_TIME = 1 << 62
+
+
+def _required(c: Condition, ctx: _Context) -> Required | None:
+    if isinstance(c, DidCond):
+        if c.did.count.min < 1:
+            return None
+        return frozenset({(ctx.signal(c.did), c.did.within or ANY_TIME)})
+    if isinstance(c, ThenNotCond):
+        did = c.then_not.did  # at least one `did` time in its window, always
+        return frozenset({(ctx.signal(did), did.within or ANY_TIME)})
+    if isinstance(c, SequenceCond):
+        return frozenset({(ctx.signal(c.sequence.steps[0]), ANY_TIME)})
+    if isinstance(c, InAudienceCond):
+        target = ctx.audiences.get(c.in_audience)
+        if target is None or c.in_audience in ctx.stack:
+            return None
+        ctx.stack.append(c.in_audience)
+        try:
+            return _required(target.rule, ctx)
+        finally:
+            ctx.stack.pop()
+    if isinstance(c, AllCond):
+        # Every part must hold: any one part's requirement is the whole's; the one with the
+        # shortest windows rules out the most states.
+        found = [r for r in (_required(x, ctx) for x in c.all) if r is not None]
+        return min(found, key=lambda r: (max(w for _, w in r), len(r))) if found else None
+    if isinstance(c, AnyCond):
+        parts = [_required(x, ctx) for x in c.any]
+        if any(r is None for r in parts):
+            return None
+        return frozenset().union(*(r for r in parts if r is not None))
+    return None  # not, idle, seen_within: true with no times at all
+
+
+def required_signals(
+    spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]
+) -> Required | None:
+    """What a state must hold for ``spec``'s rule to be true: a time of one of these signals
+    within its window (``None``: the rule can hold with no times at all, e.g. ``not`` or
+    ``idle``). Evaluation skips the rule for a state holding none: its answer there is false."""
+    key = spec.products.property if spec.products is not None else None
+    ctx = _Context(spec.site, key, {**site_audiences, spec.id: spec}, stack=[spec.id])
+    return _required(spec.rule, ctx)
+
+
 def rule_function(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) -> Test:
     """``spec``'s rule as a function of a :class:`SignalState` and ``now`` (ms)."""
     key = spec.products.property if spec.products is not None else None
@@ -190,4 +239,12 @@ def rule_function(spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]) -
     return _cond(spec.rule, ctx)
 
 
-__all__ = ["NEVER", "SignalState", "Test", "rule_function"]
+__all__ = [
+    "ANY_TIME",
+    "NEVER",
+    "Required",
+    "SignalState",
+    "Test",
+    "required_signals",
+    "rule_function",
+]
