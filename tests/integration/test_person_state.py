@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from leadback.audiences.person_state import copy_sql, ensure_view
-from leadback.audiences.query import memberships_sql
+from leadback.audiences.query import memberships_sql, stored_entries
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
 from tests.conftest import store_examples
@@ -141,12 +141,14 @@ async def test_the_key_value_memberships_are_the_latest_versions(
         for _ in range(2 if twice else 1):
             await db.insert_json_rows("memberships", body, dedup_token=f"pm-{next(_tokens)}")
     persons = string_pairs([(site, p) for p in ("p1", "p2", "p3", "nobody")])
-    found = await db.query(
-        memberships_sql(db.database, persons), {"audiences": [(site, "a"), (site, "b")]}
+    found = list(
+        stored_entries(
+            await db.query(memberships_sql(db.database, persons)), [(site, "a"), (site, "b")]
+        )
     )
     final = await db.query(
         "SELECT site_id, audience_id, person_id, state, version, entered_at, products "
         f"FROM {db.database}.memberships FINAL WHERE site_id = {{s:String}}",
         {"s": site},
     )
-    assert sorted(map(tuple, found)) == sorted(map(tuple, final))
+    assert sorted(found) == sorted((*r[:6], tuple(r[6])) for r in final)

@@ -18,7 +18,7 @@ import orjson
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
-from leadback.audiences.query import memberships_sql
+from leadback.audiences.query import memberships_sql, stored_entries
 from leadback.audiences.repository import StoredAudience
 from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
 from leadback.clock import Clock
@@ -119,11 +119,9 @@ class Evaluator:
         states = group_states(await self._store.query(state_sql(self._db, wanted), params))
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
-        for site, a, p, st, v, e, pr in await self._store.query(
-            memberships_sql(self._db, wanted),
-            {"audiences": audience_pairs},
-        ):
-            stored[str(site)][(str(a), str(p))] = Stored(str(st), int(v), int(e), tuple(pr))
+        rows = await self._store.query(memberships_sql(self._db, wanted))
+        for site, a, p, st, v, e, pr in stored_entries(rows, audience_pairs):
+            stored[site][(a, p)] = Stored(st, v, e, pr)
         for site, (persons, evaluate) in sorted(work.items()):
             site_states = states.get(site, PersonStates())
             program = programs[site]
