@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import random
 import re
 import shutil
 import statistics
@@ -31,11 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.integration.audience_kit import RecordingPublisher, encoded, event
+from tests.integration.audience_kit import RecordingPublisher
 
 from bench.common import cpu_model
-from bench.history import CATEGORIES, MIX, PRODUCTS, HistoryShape
+from bench.history import HistoryShape
 from bench.history_cache import _link_or_copy
+from bench.memory_round import Traffic
 from leadback.audiences.engine import AudienceEngine
 from leadback.logs import configure_logging
 from leadback.settings import ClickHouseSettings
@@ -74,41 +74,25 @@ def _time_store_calls() -> None:
         setattr(store_class, name, timed(original, name))
 
 
-class Traffic:
-    """Events like the freshness load: 80% from visitors mid-session, else a visitor returning
-    from the history (75%) or a new one."""
+class HistoryTraffic(Traffic):
+    """:class:`bench.memory_round.Traffic` (80% of events from visitors mid-session) whose
+    other visitors return from the stored history (75%, with its skew) or are new."""
 
     def __init__(self, shape: HistoryShape, sites: set[str], seed: int = 5) -> None:
-        self._rng = random.Random(seed)
+        super().__init__(sorted(sites), seed)
         self._shape = shape
-        self._sites = sites
-        self._active: collections.deque[tuple[str, str]] = collections.deque(maxlen=2000)
+        self._site_set = sites
 
     def _visitor(self) -> tuple[str, str]:
         rng = self._rng
         if self._active and rng.random() < 0.8:
             return self._active[rng.randrange(len(self._active))]
         if rng.random() < 0.75:
-            visitor = self._shape.returning_visitor(rng, self._sites)
+            visitor = self._shape.returning_visitor(rng, self._site_set)
         else:
-            visitor = (rng.choice(sorted(self._sites)), f"{rng.getrandbits(128):032x}")
+            visitor = (rng.choice(self._sites), f"{rng.getrandbits(128):032x}")
         self._active.append(visitor)
         return visitor
-
-    def events(self, n: int, at: float) -> tuple[set[bytes], list[bytes]]:
-        rng, out = self._rng, []
-        for i in range(n):
-            site, visitor = self._visitor()
-            kind = rng.choices([t for t, _ in MIX], [w for _, w in MIX])[0]
-            price, cat = rng.randrange(5, 400), rng.choice(CATEGORIES)
-            props: dict[str, Any] = {}
-            if kind in ("product_view", "add_to_cart", "checkout", "purchase"):
-                pid = f"p{int(PRODUCTS * rng.random() ** 2)}"
-                props = {"product_id": pid, "category": cat, "price": price, "value": price}
-            path = rng.choice(["/", "/contact", f"/c/{cat}"])
-            url = f"https://{site}.example{path}"
-            out.append(event(site, visitor, kind, at - (n - i) / 5000, properties=props, url=url))
-        return encoded(out)
 
 
 async def run(
@@ -125,11 +109,12 @@ async def run(
         await engine.start()
         await engine.refreshed()
         sites = {a.spec.site for a in await engine.repository.all()}
-        traffic = Traffic(HistoryShape(events=0, visitors=visitors, skew=skew), sites)
+        traffic = HistoryTraffic(HistoryShape(events=0, visitors=visitors, skew=skew), sites)
         measured: list[tuple[float, float]] = []
         print(f"CPU: {cpu_model()}; {events:,} events a round on {copy}")
         for r in range(rounds):
-            keys, values = traffic.events(events, time.time())
+            # Received up to now (the events are 0.1 ms apart).
+            keys, values = traffic.events(events, time.time() - events / 10_000)
             body = b"\n".join(values)
             _timing[0] = r >= skip
             changes_before = engine.stats.changes
