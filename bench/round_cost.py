@@ -7,7 +7,9 @@ of events like the freshness load (visitors returning from the stored history wi
 sessions, new visitors) inserted into ``events`` (the feed and its views run), then
 ``AudienceEngine.on_round`` for the block's visitors. Every ClickHouse call is timed (wall and
 the process's CPU, chDB's threads included); the first ``--skip`` rounds are left out of the
-medians (they bring the history's persons in for the first time).
+medians (they bring the history's persons in for the first time). The garbage collector is
+set as the segmenter sets it (:func:`leadback.segmenter.service.tune_collector`): with Python's
+defaults it took a fifth of a round here.
 
     taskset -c 0 python -m bench.round_cost \\
         --copy bench/.data/ready-history-50000000-skew1.5-<hash>/chdb
@@ -38,6 +40,7 @@ from bench.history_cache import _link_or_copy
 from bench.memory_round import Traffic
 from leadback.audiences.engine import AudienceEngine
 from leadback.logs import configure_logging
+from leadback.segmenter.service import tune_collector
 from leadback.settings import ClickHouseSettings
 from leadback.store import client as client_mod
 from leadback.store.migrations import migrate
@@ -109,6 +112,7 @@ async def run(
         await engine.start()
         await engine.refreshed()
         sites = {a.spec.site for a in await engine.repository.all()}
+        tune_collector()  # as the segmenter does once started
         traffic = HistoryTraffic(HistoryShape(events=0, visitors=visitors, skew=skew), sites)
         measured: list[tuple[float, float]] = []
         print(f"CPU: {cpu_model()}; {events:,} events a round on {copy}")

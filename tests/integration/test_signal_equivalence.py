@@ -26,7 +26,14 @@ from leadback.audiences.rules import (
     parse_audience,
 )
 from leadback.audiences.signals import Signal
-from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
+from leadback.audiences.state_read import (
+    PersonStates,
+    group_states,
+    keys_sql,
+    site_params,
+    state_keys,
+    state_sql,
+)
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
 from tests.audience_reference import greedy, reference, rule_conditions, types
@@ -120,8 +127,9 @@ async def _program_answer(
         "now": at,
         "since": 0,
     }
-    persons = string_pairs([(site, v) for v in ("v1", "v2", "v3")])
-    rows = await store.query(state_sql(store.database, persons), params)
+    persons = [(site, v) for v in ("v1", "v2", "v3")]
+    found = await store.query(keys_sql(store.database, string_pairs(persons)))
+    rows = await store.query(state_sql(store.database, state_keys(persons, found)), params)
     states = group_states(rows).get(site, PersonStates())
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())

@@ -4,7 +4,9 @@ Random ``person_signals`` rows (several unmerged rows per key, times before ``si
 ``now``, repeated milliseconds with other event hashes), random needs (read whole, a window, the
 latest few) and thresholds: every row :func:`state_sql` returns has the ``tt`` of
 :func:`trim_times` and the ``due`` of :func:`due_time` over the same stored times, and it
-returns exactly the rows whose latest time is after ``since``.
+returns exactly the rows whose latest time is after ``since``. The two visitors are apart, or
+one person through the identity graph (either one's), or one merged into a person not asked
+for: the rows are those of each person's visitors now (:func:`keys_sql`, :func:`state_keys`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from leadback.audiences.compiler import NEVER
 from leadback.audiences.person_state import ensure_view
-from leadback.audiences.state_read import due_time, state_sql, trim_times
+from leadback.audiences.state_read import due_time, keys_sql, state_keys, state_sql, trim_times
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
 from tests.conftest import store_examples
@@ -46,6 +48,14 @@ needs = st.dictionaries(
     st.tuples(st.sampled_from([0, HOUR, 24 * HOUR, 7 * 24 * HOUR]), st.integers(0, 3)),
 )
 thresholds = st.lists(st.sampled_from([HOUR, 2 * HOUR, 24 * HOUR, 3 * 24 * HOUR]), max_size=3)
+#: Identity rows (visitor, person, version): the visitors apart; v2 v1's (its latest row says
+#: so); v1 v2's, v1's own row naming itself first; v1 merged into v9, a person not read.
+IDENTITIES = {
+    "apart": [],
+    "v2 is v1's": [("v2", "v9", 1), ("v2", "v1", 2)],
+    "v1 is v2's": [("v1", "v1", 1), ("v1", "v2", 2)],
+    "v1 moved away": [("v1", "v9", 3)],
+}
 
 
 @store_examples(80)
@@ -54,6 +64,7 @@ thresholds = st.lists(st.sampled_from([HOUR, 2 * HOUR, 24 * HOUR, 3 * 24 * HOUR]
     need=needs,
     ks=thresholds,
     since_days=st.sampled_from([5, 20, 400]),
+    graph=st.sampled_from(sorted(IDENTITIES)),
 )
 async def test_python_trims_and_dues_like_the_statement(
     db: ClickHouseStore,
@@ -61,8 +72,20 @@ async def test_python_trims_and_dues_like_the_statement(
     need: dict[int, tuple[int, int]],
     ks: list[int],
     since_days: int,
+    graph: str,
 ) -> None:
     site = f"s{next(_sites)}"
+    links = IDENTITIES[graph]
+    if links:
+        await db.insert_json_rows(
+            "identities",
+            b"\n".join(
+                orjson.dumps({"site_id": site, "visitor_id": v, "person_id": p, "version": n})
+                for v, p, n in links
+            ),
+            dedup_token=f"{site}-identities",
+        )
+    person_of = {v: p for v, p, _ in sorted(links, key=lambda link: link[2])}
     since = NOW - since_days * 24 * HOUR
     body = b"\n".join(
         orjson.dumps(
@@ -91,14 +114,16 @@ async def test_python_trims_and_dues_like_the_statement(
         "now": NOW,
         "since": since,
     }
-    got = await db.query(state_sql(db.database, string_pairs([(site, "v1"), (site, "v2")])), params)
+    persons = [(site, "v1"), (site, "v2")]
+    keys = state_keys(persons, await db.query(keys_sql(db.database, string_pairs(persons))))
+    got = await db.query(state_sql(db.database, keys), params)
     found = {
         (str(p), int(s), str(pr)): (list(tt), int(last), int(due))
         for _, p, s, pr, tt, last, due in got
     }
     expected: dict[tuple[str, int, str], tuple[list[int], int, int]] = {}
-    keys = {(v, sig, prod) for v, sig, prod, _ in rows}
-    for key in keys:
+    rows = [(person_of.get(v, v), sig, prod, ps) for v, sig, prod, ps in rows]
+    for key in {(p, sig, prod) for p, sig, prod, _ in rows if p in ("v1", "v2")}:
         pairs = {p for v, sig, prod, ps in rows if (v, sig, prod) == key for p in ps}
         times = [t for t, _ in pairs]  # distinct (time, event hash) pairs: a repeated ms counts
         last = max(times)

@@ -1,10 +1,11 @@
 """Evaluation: who qualifies now, diffed against the stored memberships, becomes membership
 rows, changes and due times handed to the outbox.
 
-One fixed statement reads the persons' signal state, of every site a round touched
-(:mod:`~.state_read`), another their stored memberships; the rules run on the state as compiled
-functions (:mod:`~.program`). It also gives each person the next moment
-their audiences could change with no new event (``audience_due``, read by the timer pass).
+One statement finds the persons' visitors and one fixed statement reads their signal state, of
+every site a round touched (:mod:`~.state_read`), another their stored memberships; the rules
+run on the state as compiled functions (:mod:`~.program`). It also gives each person the next
+moment their audiences could change with no new event (``audience_due``, read by the timer
+pass).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from leadback.audiences.diff import Stored, transitions
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import memberships_sql, stored_entries
 from leadback.audiences.repository import StoredAudience
-from leadback.audiences.state_read import PersonStates, group_states, site_params, state_sql
+from leadback.audiences.state_read import (
+    PersonStates,
+    group_states,
+    keys_sql,
+    site_params,
+    state_keys,
+    state_sql,
+)
 from leadback.clock import Clock
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
@@ -97,7 +105,8 @@ class Evaluator:
     ) -> Outcome:
         """The transitions of the persons of several sites (site -> (persons, audiences;
         None: the live ones)), not written yet: a round gathers every site's and commits them
-        once. Two statements whatever the number of sites: their state, their memberships."""
+        once. Three statements whatever the number of sites: their visitors, their state, their
+        memberships."""
         work: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
         for site, (persons, audiences) in requests.items():
             evaluate = self._definitions.live(site) if audiences is None else audiences
@@ -115,8 +124,9 @@ class Evaluator:
             "now": now,
             "since": now - self._store.settings.events_ttl_days * 86_400_000,
         }
-        wanted = string_pairs(pairs)  # built once, read by both statements
-        states = group_states(await self._store.query(state_sql(self._db, wanted), params))
+        wanted = string_pairs(pairs)  # built once, read by two statements
+        keys = state_keys(pairs, await self._store.query(keys_sql(self._db, wanted)))
+        states = group_states(await self._store.query(state_sql(self._db, keys), params))
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
         rows = await self._store.query(memberships_sql(self._db, wanted))

@@ -5,8 +5,9 @@ next due time.
 Its text is fixed but for the persons (the signals, what each signal keeps and each site's time
 thresholds are parameters), so ClickHouse's planning cost does not grow with the number of
 audiences or sites, and the rules run on the result in Python
-(:mod:`leadback.audiences.rule_functions`). It finds the persons' visitors itself (their own id
-and the visitors the identity graph gives them now). Per (site, person, signal, product) row:
+(:mod:`leadback.audiences.rule_functions`). The persons' visitors (their own id and the
+visitors the identity graph gives them now) come first, from :func:`keys_sql`. Per (site,
+person, signal, product) row:
 
 * ``tt``: the times up to ``now`` the rules read, sorted: those in the signal's longest window
   and its ``latest`` few, or all of them for a signal some rule reads whole;
@@ -24,26 +25,95 @@ from typing import Any
 from leadback.audiences.compiler import NEVER, Need
 from leadback.audiences.rule_functions import SignalState
 from leadback.audiences.signals import Signal, by_id
+from leadback.store.literals import as_set, strings
 
 
-def state_sql(db: str, persons: str) -> str:
-    """The statement for ``persons``: who, of any sites, as an ``Array(Tuple(String, String))``
-    expression of (site, person) pairs (:func:`leadback.store.literals.string_pairs`).
+def keys_sql(db: str, persons: str) -> str:
+    """The identity rows that decide whose stored values make each of ``persons``' state (an
+    ``Array(Tuple(String, String))`` expression of (site, person) pairs): every visitor an
+    identity row ties to one of them, or that is one of them, with the person it belongs to
+    now (its latest row). :func:`state_keys` reads the result."""
+    wanted = as_set(persons)
+    # Rows naming a wanted person (the bloom index `person_idx` finds them) or made by one
+    # (the sort key), then each of those visitors' latest row.
+    return (
+        f"SELECT site_id, visitor_id, argMax(person_id, version) FROM {db}.identities "
+        f"WHERE (site_id, visitor_id) IN (SELECT site_id, visitor_id FROM {db}.identities "
+        f"WHERE (site_id, person_id) IN {wanted} OR (site_id, visitor_id) IN {wanted}) "
+        "GROUP BY site_id, visitor_id"
+    )
+
+
+@dataclass
+class StateKeys:
+    """The ``person_state`` keys (``site \\0 visitor``) a state read looks up. ``alone``: of the
+    persons whose only visitor is their own id, read as they are stored (most persons: no
+    identity row names them). ``linked`` / ``linked_persons``: the visitors of the others and,
+    in the same order, whose they are; their values are merged per person."""
+
+    alone: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)
+    linked_persons: list[str] = field(default_factory=list)
+
+
+def state_keys(persons: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> StateKeys:
+    """The keys of ``persons`` ((site, person) pairs) from the rows of :func:`keys_sql`. A
+    person's visitors: those whose latest identity row names them, and their own id unless
+    an identity row of it names another person (merged away: no state of their own)."""
+    current = {(str(site), str(visitor)): str(person) for site, visitor, person in rows}
+    wanted = set(persons)
+    tied: dict[tuple[str, str], list[str]] = {}
+    for (site, visitor), person in current.items():
+        if (site, person) in wanted:
+            tied.setdefault((site, person), []).append(visitor)
+    keys = StateKeys()
+    for site, person in persons:
+        visitors = tied.get((site, person), [])
+        if (site, person) not in current:
+            visitors = [*visitors, person]
+        if visitors == [person]:
+            keys.alone.append(f"{site}\0{person}")
+            continue
+        for visitor in visitors:
+            keys.linked.append(f"{site}\0{visitor}")
+            keys.linked_persons.append(person)
+    return keys
+
+
+def state_sql(db: str, keys: StateKeys) -> str:
+    """The statement for the persons of ``keys`` (:func:`state_keys`), of any sites.
     Parameters: ``now``; ``since`` (times up to it are past the events TTL, and a row whose
     latest time is goes, as the TTL will delete it); ``signals``; ``need_ids`` /
     ``need_window`` / ``need_latest`` (what a signal keeps when it is not read whole);
     ``th_sites`` / ``th_values`` (each site's thresholds)."""
-    # The persons once: `wanted`. `seen`: every visitor id
-    # that is or was one of theirs, their own and those an identity row names (`person_idx`
-    # finds them); visitors merged elsewhere since fall to the HAVING.
-    return f"""WITH
-    wanted AS (SELECT k.1 AS site_id, k.2 AS person_id FROM (SELECT arrayJoin({persons}) AS k)),
-    seen AS (
-        SELECT site_id, visitor_id FROM {db}.identities WHERE (site_id, person_id) IN wanted
-        UNION ALL
-        SELECT site_id, person_id FROM wanted
-    )
-SELECT site, person, signal, product, tt, last_t,
+    # A value holds one entry per (signal, product), its times a set (the feed's view and the
+    # backfill's copy both write it so): a person alone is read as stored; only the persons
+    # with several visitors pay for grouping (a third of the statement, without identities).
+    branches = []
+    if keys.alone:
+        branches.append(f"""SELECT site_id AS site, visitor_id AS person, e.1 AS signal,
+            e.2 AS product, arrayMap(x -> x.1, e.3) AS ts, e.4 AS last_t
+        FROM {db}.person_state ARRAY JOIN v AS e
+        WHERE k IN {as_set(strings(keys.alone))} AND e.1 IN {{signals:Array(UInt64)}}""")
+    if keys.linked:
+        linked = strings(keys.linked)
+        branches.append(f"""SELECT site, person, signal, product,
+            arrayMap(x -> x.1, arrayDistinct(groupArrayArray(times))) AS ts,
+            max(last) AS last_t
+        FROM (
+            SELECT site_id AS site, transform(k, {linked}, {strings(keys.linked_persons)}, '')
+                AS person, e.1 AS signal, e.2 AS product, e.3 AS times, e.4 AS last
+            FROM {db}.person_state ARRAY JOIN v AS e
+            WHERE k IN {as_set(linked)} AND e.1 IN {{signals:Array(UInt64)}}
+        )
+        GROUP BY site, person, signal, product""")
+    if not branches:
+        branches.append(
+            "SELECT '' AS site, '' AS person, toUInt64(0) AS signal, '' AS product, "
+            "emptyArrayInt64() AS ts, toInt64(0) AS last_t WHERE 0"
+        )
+    rows = "\n        UNION ALL\n        ".join(branches)
+    return f"""SELECT site, person, signal, product, tt, last_t,
     if(empty(recent), toInt64({NEVER}), arrayMin(arrayFilter(d -> d > {{now:Int64}},
         arrayFlatten(arrayMap(k -> arrayMap(x -> x + k, recent), ks))))) AS due
 FROM (
@@ -59,25 +129,7 @@ FROM (
         if(empty(ks), emptyArrayInt64(),
             arrayFilter(x -> x > {{now:Int64}} - arrayMax(ks), arrayPushBack(ts, last_t))) AS recent
     FROM (
-        SELECT p.site_id AS site, if(idm.person_id != '', idm.person_id, p.visitor_id) AS person,
-            p.signal AS signal, p.product AS product,
-            arrayMap(x -> x.1, arrayDistinct(groupArrayArray(p.times))) AS ts,
-            max(p.last_t) AS last_t
-        FROM (
-            SELECT site_id, visitor_id, e.1 AS signal, e.2 AS product, e.3 AS times,
-                e.4 AS last_t
-            FROM {db}.person_state ARRAY JOIN v AS e
-            WHERE k IN (SELECT concat(site_id, '\\0', visitor_id) FROM seen)
-                AND e.1 IN {{signals:Array(UInt64)}}
-        ) AS p
-        LEFT ANY JOIN (
-            SELECT site_id, visitor_id, argMax(person_id, version) AS person_id
-            FROM {db}.identities
-            WHERE (site_id, visitor_id) IN seen
-            GROUP BY site_id, visitor_id
-        ) AS idm ON p.site_id = idm.site_id AND p.visitor_id = idm.visitor_id
-        GROUP BY site, person, signal, product
-        HAVING (site, person) IN wanted
+        {rows}
     )
     WHERE last_t > {{since:Int64}}
 )"""
