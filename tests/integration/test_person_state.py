@@ -21,7 +21,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leadback.audiences.person_state import copy_sql, ensure_view
+from leadback.audiences.person_state import OLD_VIEWS, VIEW, copy_sql, ensure_view
 from leadback.audiences.query import memberships_sql, stored_entries
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
@@ -152,3 +152,35 @@ async def test_the_key_value_memberships_are_the_latest_versions(
         {"s": site},
     )
     assert sorted(found) == sorted((*r[:6], tuple(r[6])) for r in final)
+
+
+async def test_a_start_replaces_the_merging_view_of_an_earlier_definition(
+    db: ClickHouseStore,
+) -> None:
+    # An earlier release's view, still attached: merging every block once more.
+    old = OLD_VIEWS[0]
+    await db.command(f"DROP VIEW IF EXISTS {db.database}.{VIEW}")
+    await db.command(
+        f"CREATE MATERIALIZED VIEW {db.database}.{old} TO {db.database}.person_state "
+        f"AS SELECT '' AS k, site_id, visitor_id, "
+        "CAST([], 'Array(Tuple(UInt64, String, Array(Tuple(Int64, UInt64)), Int64))') AS v "
+        f"FROM {db.database}.signal_rows"
+    )
+    await ensure_view(db)
+    names = {
+        str(r[0])
+        for r in await db.query(
+            "SELECT name FROM system.tables WHERE database = {d:String} "
+            "AND name LIKE 'signal_rows_to_person_state%'",
+            {"d": db.database},
+        )
+    }
+    assert names == {VIEW}
+    site = f"s{next(_sites)}"
+    await db.insert_json_rows(
+        "signal_rows", _body(site, [("v1", 11, "", [(5, 1)])]), dedup_token=f"t{next(_tokens)}"
+    )
+    keys = await db.query(
+        f"SELECT k FROM {db.database}.person_state WHERE site_id = {{s:String}}", {"s": site}
+    )
+    assert [str(k) for (k,) in keys] == [f"{site}\0v1"]
