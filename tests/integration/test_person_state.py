@@ -184,3 +184,15 @@ async def test_a_start_replaces_the_merging_view_of_an_earlier_definition(
         f"SELECT k FROM {db.database}.person_state WHERE site_id = {{s:String}}", {"s": site}
     )
     assert [str(k) for (k,) in keys] == [f"{site}\0v1"]
+
+
+async def test_memberships_merge_through_one_view(db: ClickHouseStore) -> None:
+    names = {
+        str(r[0])
+        for r in await db.query(
+            "SELECT name FROM system.tables WHERE database = {d:String} "
+            "AND name LIKE 'memberships_to_person_memberships%'",
+            {"d": db.database},
+        )
+    }
+    assert names == {"memberships_to_person_memberships_v2"}  # 0013 dropped 0012's
