@@ -104,3 +104,38 @@ def test_change_timestamps_are_the_canonical_form() -> None:
     days = [86_399_999, 86_400_000, 3_599_999, 1_795_478_399_999, 1_795_478_400_000]
     for ms in (0, 1, 59_999, 60_000, 1_795_436_559_943, 1_700_000_000_007, *days):
         assert ms_timestamp(ms) == format_ts(ms / 1000), ms
+
+
+keys = st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["p1", "p2", "p3", "p4"]))
+stored_memberships = st.builds(
+    Stored,
+    st.sampled_from(["in", "out", "expired"]),
+    st.integers(1, 5),
+    st.integers(0, NOW),
+    st.sampled_from([(), ("x",)]),
+)
+
+
+@given(
+    qualifying=st.dictionaries(keys, st.sampled_from([(), ("x",), ("y",)])),
+    stored=st.dictionaries(keys, stored_memberships),
+)
+def test_transitions_come_in_audience_then_person_order(
+    qualifying: dict[tuple[str, str], tuple[str, ...]], stored: dict[tuple[str, str], Stored]
+) -> None:
+    found = transitions(
+        qualifying, stored, ttl_ms={"a": 0, "b": 10, "c": 0}, now=NOW, exit_reason="gone"
+    )
+    order = [(t.audience_id, t.person) for t in found]
+    assert order == sorted(order)
+    # One transition per key that moved, each decided by that key alone.
+    for t in found:
+        key = (t.audience_id, t.person)
+        [alone] = transitions(
+            {key: qualifying[key]} if key in qualifying else {},
+            {key: stored[key]} if key in stored else {},
+            ttl_ms={"a": 0, "b": 10, "c": 0},
+            now=NOW,
+            exit_reason="gone",
+        )
+        assert alone == t
