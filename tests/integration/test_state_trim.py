@@ -1,6 +1,6 @@
 """The state read's trimming and due times, in Python, answer what its statement answers.
 
-Random ``person_signals`` rows (several unmerged rows per key, times before ``since``, after
+Random signal rows (several rows per key in one block, times before ``since``, after
 ``now``, repeated milliseconds with other event hashes), random needs (read whole, a window, the
 latest few) and thresholds: every row :func:`state_sql` returns has the ``tt`` of
 :func:`trim_times` and the ``due`` of :func:`due_time` over the same stored times, and it
@@ -100,7 +100,7 @@ async def test_python_trims_and_dues_like_the_statement(
         )
         for v, sig, prod, pairs in rows
     )
-    # Through the feed's fan-out: into `person_signals` and merged into `person_state`.
+    # Through the feed: merged into `person_state`.
     await ensure_view(db)
     await db.insert_json_rows("signal_rows", body, dedup_token=f"{site}-trim")
     ids = sorted(need)

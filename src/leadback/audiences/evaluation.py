@@ -25,6 +25,7 @@ from leadback.audiences.state_read import (
     PersonStates,
     group_states,
     keys_sql,
+    persons_of,
     site_params,
     state_keys,
     state_sql,
@@ -102,34 +103,41 @@ class Evaluator:
         *,
         token: str,
         exit_reason: str = "no_longer_qualifies",
+        visitors: Mapping[str, set[str]] | None = None,
     ) -> Outcome:
         """The transitions of the persons of several sites (site -> (persons, audiences;
         None: the live ones)), not written yet: a round gathers every site's and commits them
-        once. Three statements whatever the number of sites: their visitors, their state, their
-        memberships."""
+        once. ``visitors`` (site -> visitor ids): their persons are evaluated too. Three
+        statements whatever the number of sites: the identity rows (the visitors' persons and
+        the persons' visitors), their state, their memberships."""
+        resolve = visitors or {}
         work: dict[str, tuple[set[str], Sequence[StoredAudience]]] = {}
         for site, (persons, audiences) in requests.items():
             evaluate = self._definitions.live(site) if audiences is None else audiences
-            if persons and evaluate:
-                work[site] = (persons, evaluate)
+            if (persons or resolve.get(site)) and evaluate:
+                work[site] = (set(persons), evaluate)
         outcome = Outcome()
         if not work:
             return outcome
         started = self._clock.monotonic()
         programs = {site: self._definitions.program(site, ev) for site, (_, ev) in work.items()}
         now = self.now_ms()
-        pairs = [(site, p) for site, (persons, _) in sorted(work.items()) for p in sorted(persons)]
         params: dict[str, Any] = {
             **site_params({site: program.params for site, program in programs.items()}),
             "now": now,
             "since": now - self._store.settings.events_ttl_days * 86_400_000,
         }
-        wanted = string_pairs(pairs)  # built once, read by two statements
-        keys = state_keys(pairs, await self._store.query(keys_sql(self._db, wanted)))
+        unresolved = [(site, v) for site in sorted(work) for v in sorted(resolve.get(site, ()))]
+        ids = sorted({*unresolved, *((site, p) for site, (ps, _) in work.items() for p in ps)})
+        identity = await self._store.query(keys_sql(self._db, string_pairs(ids)))
+        for site, person in persons_of(unresolved, identity):
+            work[site][0].add(person)
+        pairs = [(site, p) for site, (persons, _) in sorted(work.items()) for p in sorted(persons)]
+        keys = state_keys(pairs, identity)
         states = group_states(await self._store.query(state_sql(self._db, keys), params))
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
-        rows = await self._store.query(memberships_sql(self._db, wanted))
+        rows = await self._store.query(memberships_sql(self._db, string_pairs(pairs)))
         for site, a, p, st, v, e, pr in stored_entries(rows, audience_pairs):
             stored[site][(a, p)] = Stored(st, v, e, pr)
         for site, (persons, evaluate) in sorted(work.items()):

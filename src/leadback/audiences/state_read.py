@@ -28,20 +28,37 @@ from leadback.audiences.signals import Signal, by_id
 from leadback.store.literals import as_set, strings
 
 
-def keys_sql(db: str, persons: str) -> str:
-    """The identity rows that decide whose stored values make each of ``persons``' state (an
-    ``Array(Tuple(String, String))`` expression of (site, person) pairs): every visitor an
-    identity row ties to one of them, or that is one of them, with the person it belongs to
-    now (its latest row). :func:`state_keys` reads the result."""
-    wanted = as_set(persons)
-    # Rows naming a wanted person (the bloom index `person_idx` finds them) or made by one
-    # (the sort key), then each of those visitors' latest row.
+def keys_sql(db: str, ids: str) -> str:
+    """The identity rows that decide whose stored values make the state of each of ``ids``'
+    persons (an ``Array(Tuple(String, String))`` expression of (site, id) pairs, each a
+    visitor or a person): every visitor an identity row ties to one of them, to the person one
+    of them belongs to now, or that is one of them, with the person it belongs to now (its
+    latest row). :func:`persons_of` and :func:`state_keys` read the result: a round resolves
+    its visitors to persons and finds the persons' visitors in this one statement."""
+    # The ids and the persons they belong to now (a visitor's latest row), then the rows naming
+    # one of those (the bloom index `person_idx` finds them) or made by one (the sort key), then
+    # each of those visitors' latest row.
+    wanted = (
+        "(SELECT arrayJoin(w0) UNION ALL SELECT (site_id, argMax(person_id, version)) "
+        f"FROM {db}.identities WHERE (site_id, visitor_id) IN (SELECT arrayJoin(w0)) "
+        "GROUP BY site_id, visitor_id)"
+    )
     return (
+        f"WITH {ids} AS w0 "
         f"SELECT site_id, visitor_id, argMax(person_id, version) FROM {db}.identities "
         f"WHERE (site_id, visitor_id) IN (SELECT site_id, visitor_id FROM {db}.identities "
         f"WHERE (site_id, person_id) IN {wanted} OR (site_id, visitor_id) IN {wanted}) "
         "GROUP BY site_id, visitor_id"
     )
+
+
+def persons_of(
+    visitors: Iterable[tuple[str, str]], rows: Iterable[Sequence[Any]]
+) -> set[tuple[str, str]]:
+    """The (site, person) each of ``visitors`` ((site, visitor) pairs) belongs to now, from the
+    rows of :func:`keys_sql` for them: its latest identity row's, else its own id."""
+    current = {(str(site), str(visitor)): str(person) for site, visitor, person in rows}
+    return {(site, current.get((site, visitor), visitor)) for site, visitor in visitors}
 
 
 @dataclass
