@@ -1,8 +1,8 @@
 """The per-person signal state gives the same answers as the rules read over the raw events.
 
 Random rules (every condition kind, windows, counts, filters, product-level audiences) and
-random event histories: the evaluation statement reading ``person_signals`` (filled by the feed
-view as events are stored, or by a backfill over stored events) returns exactly the rows —
+random event histories: the evaluation statement reading ``person_state`` (filled by the feed
+view as events are stored, or merged from a backfill over stored events) returns exactly the rows —
 members, products and due times — of the same statement computed from ``events``.
 """
 
@@ -202,9 +202,8 @@ async def test_the_feed_of_many_sites_writes_what_each_signal_alone_would(
     _, values = encoded(history)
     await db.insert_json_rows("events", b"\n".join(values), dedup_token="many-sites")
     stored = await db.query(
-        f"SELECT site_id, visitor_id, signal, product, arraySort(arrayDistinct("
-        f"groupArrayArray(times))), max(last_t) FROM {db.database}.person_signals "
-        "GROUP BY site_id, visitor_id, signal, product ORDER BY ALL"
+        f"SELECT site_id, visitor_id, e.1, e.2, arraySort(e.3), e.4 "
+        f"FROM {db.database}.person_state ARRAY JOIN v AS e ORDER BY ALL"
     )
     expected = []
     for s in signals:

@@ -175,7 +175,7 @@ async def test_a_feed_of_an_older_layout_is_replaced_at_start(db: ClickHouseStor
         _, values = encoded([bought])
         await db.insert_json_rows("events", b"\n".join(values), dedup_token="once")
         rows = await db.query(
-            f"SELECT count() FROM {db.database}.person_signals WHERE visitor_id = 'v9'"
+            f"SELECT sum(length(v)) FROM {db.database}.person_state WHERE visitor_id = 'v9'"
         )
         entries = SignalTests(signals).entries(orjson.loads(values[0]))
         assert len(entries) >= 1 and int(rows[0][0]) == len(entries)

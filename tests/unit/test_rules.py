@@ -161,7 +161,7 @@ def test_statement_has_one_group_for_person_level_audiences() -> None:
     q = build_evaluation("db", [VersionedAudience(s, 1) for s in specs], by_id, incremental=True)
     assert q.members.count("FROM st GROUP BY person\n") == 1
     assert q.members.count("GROUP BY person, product\n") == 1
-    assert "FROM db.person_signals" in q.members
+    assert "FROM db.person_state" in q.members
     assert "FROM db.events" not in q.members
     assert "{vids:Array(String)}" in q.members
     assert q.thresholds == frozenset({3_600_000})
@@ -176,7 +176,7 @@ def test_statement_has_one_group_for_person_level_audiences() -> None:
     raw = build_evaluation(
         "db", [VersionedAudience(s, 1) for s in specs], by_id, incremental=True, source="events"
     )
-    assert "FROM db.events" in raw.members and "person_signals" not in raw.members
+    assert "FROM db.events" in raw.members and "person_state" not in raw.members
 
 
 def test_the_shipped_examples_are_valid() -> None:

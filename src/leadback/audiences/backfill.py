@@ -171,8 +171,8 @@ class SignalBackfill:
     ) -> int:
         """Compute ``signals`` (of ``site``) over the stored events, range by range, then over
         the events inserted since ``since_ms`` (the feed's creation) in case an insert raced
-        it; copy the site's visitors into ``person_state``; mark them complete. Returns the
-        events read."""
+        it; merge them into the site's visitors' ``person_state``; mark them complete. Returns
+        the events read."""
         if not signals:
             return 0
         await self._record(signals, "running")
@@ -189,9 +189,14 @@ class SignalBackfill:
             f"AND inserted_at >= fromUnixTimestamp64Milli({since_ms - _IN_FLIGHT_MS})"
         )
         rows_read += await self._insert(signals, late)
+        ids = ", ".join(str(s.id) for s in signals)
         for bounds in await self.ranges("person_signals", site, ROWS_PER_COPY):
             await self._state_store.command(
-                copy_sql(self._db, f"site_id = {literal(site)} AND {range_condition(bounds)}")
+                copy_sql(
+                    self._db,
+                    f"site_id = {literal(site)} AND {range_condition(bounds)} "
+                    f"AND signal IN ({ids})",
+                )
             )
         await self._record(signals, "done")
         log.info("signals backfilled", site=site, signals=len(signals), events=rows_read)

@@ -1,14 +1,13 @@
-"""``person_state``: each visitor's signal rows as one key-value row (migration 0011).
+"""``person_state``: each visitor's signal rows as one key-value row (migration 0011), all a
+round reads of their history.
 
-A round reads its persons' signal rows by key here instead of from ``person_signals``, whose
-read touched a granule in nearly every part and so grew with the table. The feed writes into
-``signal_rows`` (a ``Null`` table); one view copies each block into ``person_signals``, the other
-(:func:`view_sql`, made with the feed: :func:`ensure_view`) merges the block into the stored
-values of its visitors. A backfill writes ``person_signals`` only, on its own client, then copies
-(:func:`copy_sql`) the site's visitors into ``person_state`` on the rounds' client. One client
-runs one statement at a time, so a copy never interleaves with a feed's read-merge-write of the
-same key, and the copied value, the whole of ``person_signals`` for the visitor, holds
-everything the feed wrote before it.
+The feed writes into ``signal_rows`` (a ``Null`` table); its view (:func:`view_sql`, made with
+the feed: :func:`ensure_view`) merges each block into the stored values of its visitors, looked
+up by key. A backfill computes its signals over stored events into ``person_signals`` (since
+0014 nothing else writes there), on its own client, then merges (:func:`copy_sql`) the site's
+rows of those signals into ``person_state`` on the rounds' client: one client runs one
+statement at a time, so a backfill's merge never interleaves with a feed's read-merge-write of
+the same key, and both merge by union (times are a set), so their order does not matter.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from leadback.store.client import ClickHouseStore
 
 log = get_logger(__name__)
 
-#: ``person_signals`` rows per copy statement (a round's state read is about this size).
+#: ``person_signals`` rows per merge statement (a round's state read is about this size).
 ROWS_PER_COPY = 20_000
 #: The merging view, its name versioned: a segmenter that starts with a new definition drops
 #: the views named in ``OLD_VIEWS`` and makes its own (:func:`ensure_view`).
@@ -29,17 +28,17 @@ OLD_VIEWS = ("signal_rows_to_person_state",)
 _TTL = re.compile(r"EmbeddedRocksDB\((\d+)")
 
 
-def view_sql(db: str) -> str:
-    """The view merging each block of ``signal_rows`` into ``person_state``: the block's rows
-    grouped per visitor and (signal, product), the stored values of those keys looked up by a
-    ``direct`` join (no scan), and per visitor the stored entries the block does not touch kept
-    as they are, the touched ones given the union of their times (a set: a block written twice
-    changes nothing) and the latest time."""
+def merge_select(db: str, rows: str) -> str:
+    """``person_state`` rows merging ``rows`` (a table or a parenthesized ``SELECT`` of
+    ``site_id, visitor_id, signal, product, times, last_t``) into the stored values of their
+    visitors: the rows grouped per visitor and (signal, product), the stored values of those
+    keys looked up by a ``direct`` join (no scan), and per visitor the stored entries the rows
+    do not touch kept as they are, the touched ones given the union of their times (a set: rows
+    merged twice change nothing) and the latest time."""
     # Array functions per value instead of unnesting every stored entry and grouping them
     # again: a round's visitors hold ~18 entries each, its block touches one or two of them
     # (the insert of a 50M round: ~80 against ~190 ms for the merge, see docs/performance.md).
-    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{VIEW} TO {db}.person_state
-AS SELECT n.k AS k, n.site_id AS site_id, n.visitor_id AS visitor_id,
+    return f"""SELECT n.k AS k, n.site_id AS site_id, n.visitor_id AS visitor_id,
     arrayConcat(
         arrayFilter(e -> NOT has(n.touched, (e.1, e.2)), r.v),
         arrayMap(x -> (x.1, x.2,
@@ -53,7 +52,7 @@ FROM (
     FROM (
         SELECT site_id, visitor_id, signal, product,
             arrayDistinct(groupArrayArray(times)) AS times, max(last_t) AS last_t
-        FROM {db}.signal_rows
+        FROM {rows}
         GROUP BY site_id, visitor_id, signal, product
     )
     GROUP BY site_id, visitor_id
@@ -62,20 +61,23 @@ LEFT JOIN {db}.person_state AS r ON n.k = r.k
 SETTINGS join_algorithm = 'direct'"""
 
 
+def view_sql(db: str) -> str:
+    """The view merging each block of ``signal_rows`` (the feed's) into ``person_state``
+    (:func:`merge_select`)."""
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{VIEW} TO {db}.person_state\n"
+        f"AS {merge_select(db, f'{db}.signal_rows')}"
+    )
+
+
 def copy_sql(db: str, where: str) -> str:
-    """Copy the ``person_signals`` rows matching ``where`` into ``person_state``: per visitor,
-    the whole value (their times merged as a set, the latest time)."""
-    return f"""INSERT INTO {db}.person_state
-SELECT concat(site_id, '\\0', visitor_id), site_id, visitor_id,
-    groupArray((signal, product, times, last_t))
-FROM (
-    SELECT site_id, visitor_id, signal, product, groupUniqArrayArray(times) AS times,
-        max(last_t) AS last_t
-    FROM {db}.person_signals
-    WHERE {where}
-    GROUP BY site_id, visitor_id, signal, product
-)
-GROUP BY site_id, visitor_id"""
+    """Merge the ``person_signals`` rows matching ``where`` (a backfill's) into
+    ``person_state`` (:func:`merge_select`)."""
+    return f"INSERT INTO {db}.person_state\n" + merge_select(
+        db,
+        "(SELECT site_id, visitor_id, signal, product, times, last_t "
+        f"FROM {db}.person_signals WHERE {where})",
+    )
 
 
 async def ensure_view(store: ClickHouseStore) -> None:

@@ -4,8 +4,8 @@ audiences); this statement is what ``explain`` shows and what the tests check bo
 
 See :mod:`leadback.audiences.compiler` for the rules' expressions. The statement reads ``st``:
 per person (visitors merged through ``identities``), signal and product, the times of the
-matching events and the latest one. It is read from ``person_signals`` (``source="signals"``,
-what ``explain`` shows: a person's state is a few rows whatever their history) or computed from
+matching events and the latest one. It is read from ``person_state`` (``source="signals"``,
+what ``explain`` shows: a visitor's state is one value whatever their history) or computed from
 ``events`` with the very expression the feed uses (``source="events"``: the tests that prove
 both give the same members). Then:
 
@@ -137,7 +137,10 @@ def _merged(db: str, signals: frozenset[Signal], *, incremental: bool, source: S
     SELECT if(idm.person_id != '', idm.person_id, s.visitor_id) AS person, s.signal AS signal,
         s.product AS product, arrayMap(x -> x.1, arrayDistinct(groupArrayArray(s.times))) AS ts,
         max(s.last_t) AS last_t
-    FROM {db}.person_signals AS s
+    FROM (
+        SELECT site_id, visitor_id, e.1 AS signal, e.2 AS product, e.3 AS times, e.4 AS last_t
+        FROM {db}.person_state ARRAY JOIN v AS e
+    ) AS s
     LEFT ANY JOIN {identities} ON s.visitor_id = idm.visitor_id
     WHERE s.site_id = {{site:String}}{sfilter} AND s.signal IN {_ids(signals)}
     GROUP BY person, signal, product"""

@@ -28,7 +28,7 @@ from leadback.audiences.backfill import SignalBackfill, range_condition
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.evaluation import Evaluator
 from leadback.audiences.repository import AudienceRepository, StoredAudience
-from leadback.audiences.signals import by_id
+from leadback.audiences.signals import ELIGIBLE, by_id
 from leadback.clock import Clock
 from leadback.events import format_ts
 from leadback.identity.graph import IdentityGraph
@@ -37,8 +37,10 @@ from leadback.store.client import ClickHouseStore
 
 log = get_logger(__name__)
 
-#: ``person_signals`` rows per evaluation range (a few thousand visitors: a round's size).
-STATE_ROWS_PER_RANGE = 20_000
+#: ``events`` rows per range whose visitors a refresh lists in one statement.
+EVENTS_PER_RANGE = 200_000
+#: Visitors evaluated at once (and per hold of the rounds' lock): a round's size.
+VISITORS_PER_EVALUATION = 3_000
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ class Refresher:
         self._settle = settle
         self._clock = clock
         self._rev = 0
-        self.state_rows_per_range = STATE_ROWS_PER_RANGE
+        self.events_per_range = EVENTS_PER_RANGE
+        self.visitors_per_evaluation = VISITORS_PER_EVALUATION
 
     async def run(self, stale: Sequence[StoredAudience]) -> None:
         """Bring ``stale`` (active, not yet materialized versions) live."""
@@ -128,24 +131,28 @@ class Refresher:
     async def _evaluate_site(
         self, site: str, targets: list[StoredAudience], started: float, rows_read: int
     ) -> None:
-        ranges = await self._backfill.ranges("person_signals", site, self.state_rows_per_range)
+        # Every visitor with an event audiences see (their state holds nothing else), listed
+        # a range of the primary index at a time and evaluated a round's worth at a time.
+        ranges = await self._backfill.ranges("events", site, self.events_per_range)
         now = self._evaluator.now_ms()
         changes = 0
+        step = self.visitors_per_evaluation
         for i, bounds in enumerate(ranges):
             rows = await self._store.query(
-                f"SELECT DISTINCT visitor_id FROM {self._db}.person_signals "
-                f"WHERE site_id = {{s:String}} AND {range_condition(bounds)}",
+                f"SELECT DISTINCT visitor_id FROM {self._db}.events "
+                f"WHERE site_id = {{s:String}} AND {range_condition(bounds)} AND {ELIGIBLE} "
+                "ORDER BY visitor_id",
                 {"s": site},
             )
             visitors = [str(r[0]) for r in rows]
-            if visitors:
+            for j in range(0, len(visitors), step):
                 async with self._lock:
                     await self._settle()
-                    persons = set((await self._identity.persons_of(site, visitors)).values())
+                    found = await self._identity.persons_of(site, visitors[j : j + step])
                     changes += await self._evaluator.persons(
                         site,
-                        persons,
-                        token=f"rules:{site}:{now}:{i}",
+                        set(found.values()),
+                        token=f"rules:{site}:{now}:{i}:{j}",
                         audiences=targets,
                         exit_reason="rule_changed",
                     )

@@ -2,19 +2,21 @@
 
 A *signal* is one event predicate of one site (an audience rule's ``did``/``then`` step, or "any
 event" for ``idle``/``seen_within``), optionally per product. For every visitor (and product) the
-``person_signals`` table keeps the times of the events that matched it — as a set of
+signal state keeps the times of the events that matched it — as a set of
 ``(occurred_at ms, event hash)`` pairs, so a retried or re-imported event counts once (a plain
 array merged by ``groupUniqArrayArray``; a read takes ``arrayDistinct`` of the rows not merged
-yet) — and the time of the latest. A rule is then a few array functions over those times
-(:mod:`leadback.audiences.compiler`), and evaluating a person reads a handful of compact rows
-instead of the person's whole event history.
+yet) — and the time of the latest, in one key-value row per visitor (``person_state``, see
+:mod:`~.person_state`). A rule is then a few array functions over those times
+(:mod:`leadback.audiences.compiler`), and evaluating a person reads one value instead of the
+person's whole event history.
 
 Who fills it:
 
 * a materialized view on ``events`` (the *feed*, :func:`feed_sql`) matches every inserted block
   against the signals of the loaded audiences: each event is tested once, when it is stored;
 * a new signal is *backfilled* over the history already stored (:mod:`~.backfill`), range by
-  range of visitors. Both may write the same event: the set semantics make that harmless.
+  range of visitors, into ``person_signals``, then merged into the visitors' values. Both may
+  write the same event: the set semantics make that harmless.
 
 A signal's id is a hash of what it tests (site, product key, predicate), so audiences that test
 the same thing share it and a definition that changes only its windows needs no backfill.
@@ -213,8 +215,8 @@ def older_feed_names(signals: Iterable[Signal]) -> list[str]:
 
 def feed_sql(db: str, signals: Iterable[Signal]) -> str:
     """The materialized view feeding the signal state from every insert into ``events``: into
-    ``signal_rows``, whose views write ``person_signals`` and the persons' values of
-    ``person_state`` (migration 0011)."""
+    ``signal_rows``, whose view merges them into the visitors' values of ``person_state``
+    (migrations 0011 and 0014)."""
     chosen = list(signals)
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{feed_name(chosen)} "
