@@ -43,10 +43,13 @@ def keys_sql(db: str, ids: str) -> str:
         f"FROM {db}.identities WHERE (site_id, visitor_id) IN (SELECT arrayJoin(w0)) "
         "GROUP BY site_id, visitor_id)"
     )
+    # The list inside, its alias read by the subqueries: the statement starts with SELECT
+    # (clickhouse-connect looks for the word with a regular expression: through 200 KB of ids
+    # from the start of a statement, ~2 ms and more under load).
     return (
-        f"WITH {ids} AS w0 "
         f"SELECT site_id, visitor_id, argMax(person_id, version) FROM {db}.identities "
-        f"WHERE (site_id, visitor_id) IN (SELECT site_id, visitor_id FROM {db}.identities "
+        f"WHERE (site_id, visitor_id) IN (WITH {ids} AS w0 SELECT site_id, visitor_id "
+        f"FROM {db}.identities "
         f"WHERE (site_id, person_id) IN {wanted} OR (site_id, visitor_id) IN {wanted}) "
         "GROUP BY site_id, visitor_id"
     )
