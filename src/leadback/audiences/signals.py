@@ -3,10 +3,9 @@
 A *signal* is one event predicate of one site (an audience rule's ``did``/``then`` step, or "any
 event" for ``idle``/``seen_within``), optionally per product. For every visitor (and product) the
 signal state keeps the times of the events that matched it — as a set of
-``(occurred_at ms, event hash)`` pairs, so a retried or re-imported event counts once (a plain
-array merged by ``groupUniqArrayArray``; a read takes ``arrayDistinct`` of the rows not merged
-yet) — and the time of the latest, in one key-value row per visitor (``person_state``, see
-:mod:`~.person_state`). A rule is then a few array functions over those times
+``(occurred_at ms, event hash)`` pairs, so a retried or re-imported event counts once (every
+write merges by union) — and the time of the latest, in one key-value row per visitor
+(``person_state``, see :mod:`~.person_state`). A rule is then a few array functions over those times
 (:mod:`leadback.audiences.compiler`), and evaluating a person reads one value instead of the
 person's whole event history.
 
