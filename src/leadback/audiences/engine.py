@@ -116,7 +116,7 @@ class AudienceEngine:
         changed ones live (in the background: :meth:`refreshed` waits for it)."""
         await self._backfill_store.connect()
         async with self._lock:
-            await self._sweep()
+            await self._sweep(whole=True)
             await self._reconcile()
             # Before any round inserts: the feed exists even when no definition changed.
             await person_state.ensure_ttl(self._store)
@@ -208,9 +208,11 @@ class AudienceEngine:
     def now_ms(self) -> int:
         return self._evaluator.now_ms()
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, *, whole: bool = False) -> None:
+        # The whole change log at start (a crash of this or another process may have left
+        # changes unpublished at any time before); then the recent ones and the failed ones.
         self._last_sweep = self._clock.monotonic()
-        await self._outbox.sweep()
+        await self._outbox.sweep(now_ms=None if whole else self.now_ms())
 
     async def _settle_doubt(self) -> None:
         # A write stopped between the change log and the memberships: bring the memberships

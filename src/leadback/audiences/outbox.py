@@ -6,8 +6,11 @@ A version means one content, always. The log is the truth: if anything stops bet
 insert and the memberships insert (a crash, a store error), the stored memberships lag the log,
 and an evaluation then would compute the same versions again with other times. So
 :meth:`ChangeOutbox.sweep` first brings the memberships up to every logged change not yet
-published, then publishes those changes as logged. It runs at start, on the sweep timer, and
-before the next evaluation whenever a write was left in doubt (:attr:`ChangeOutbox.in_doubt`).
+published, then publishes those changes as logged. It runs over the whole log at start; on the
+sweep timer, and before the next evaluation whenever a write was left in doubt
+(:attr:`ChangeOutbox.in_doubt`), over the changes of the last :data:`SWEEP_LOOKBACK_MS` and
+those whose publish failed: the log grows by every change (thousands a second under load), and
+a scan of all of it under the rounds' lock would stall rounds for longer every day.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from leadback.store.client import ClickHouseStore
 from leadback.store.literals import as_set, string_pairs
 
 log = get_logger(__name__)
+
+#: How far back a periodic sweep looks (besides the changes whose publish failed here): a write
+#: another process left unpublished is older than that only if that process has been gone for
+#: so long, and then the next start's sweep, over the whole log, finds it.
+SWEEP_LOOKBACK_MS = 3_600_000
 
 _LOGGED = (
     "site_id",
@@ -76,6 +84,9 @@ class ChangeOutbox:
         self._publisher = publisher
         self._stats = stats
         self.in_doubt = False  # a write stopped between the change log and the memberships
+        #: The earliest ``at`` of the changes whose publish failed here and that no sweep has
+        #: read since (a sweep goes back at least that far).
+        self.failed_since: int | None = None
 
     async def write(
         self, token: str, changes: list[dict[str, Any]], memberships: list[bytes]
@@ -100,14 +111,16 @@ class ChangeOutbox:
         if changes:
             failpoints.hit("audiences.before_publish")
             self._stats.changes += len(changes)
-            await self._publish(token, [change_record(c) for c in changes])
+            at = min(int(c["at"]) for c in changes)
+            await self._publish(token, [change_record(c) for c in changes], at)
 
-    async def _publish(self, token: str, records: list[ChangeRecord]) -> bool:
+    async def _publish(self, token: str, records: list[ChangeRecord], at: int) -> bool:
         try:
             await self._publisher.publish(records)
         except BrokerUnavailableError as exc:
             # Logged in the outbox: the sweep publishes them when the broker is back.
             self._stats.publish_failures += 1
+            self.failed_since = min(at, self.failed_since or at)
             log.warning("changes not published yet", token=token, error=str(exc))
             return False
         await self._store.insert_json_rows(
@@ -118,11 +131,21 @@ class ChangeOutbox:
         self._stats.changes_published += len(records)
         return True
 
-    async def sweep(self) -> None:
-        """Bring memberships up to the logged changes not yet published, then publish them."""
+    async def sweep(self, *, now_ms: int | None = None) -> None:
+        """Bring memberships up to the logged changes not yet published, then publish them:
+        all of them, or with ``now_ms`` those of the last :data:`SWEEP_LOOKBACK_MS` and any
+        whose publish failed here."""
+        since = -1
+        if now_ms is not None:
+            since = min(now_ms - SWEEP_LOOKBACK_MS, (self.failed_since or now_ms) - 1)
+        # `at` is the sort key's third column: a bounded sweep reads about a granule per
+        # (site, audience) besides the window, whatever the log's size; the published marks
+        # are looked up by key for the window's tokens only.
+        changes = f"{self._db}.audience_changes WHERE at > {since}"
         rows = await self._store.query(
-            f"SELECT {', '.join(_LOGGED)} FROM {self._db}.audience_changes "
-            f"WHERE token NOT IN (SELECT token FROM {self._db}.audience_changes_published) "
+            f"SELECT {', '.join(_LOGGED)} FROM {changes} AND token NOT IN ("
+            f"SELECT token FROM {self._db}.audience_changes_published "
+            f"WHERE token IN (SELECT DISTINCT token FROM {changes})) "
             "ORDER BY token, at, audience_id, person_id"
         )
         logged = [dict(zip(_LOGGED, raw, strict=True)) for raw in rows]
@@ -132,10 +155,16 @@ class ChangeOutbox:
         by_token: dict[str, list[ChangeRecord]] = {}
         for r in logged:
             by_token.setdefault(str(r["token"]), []).append(change_record(r))
+        first = {str(r["token"]): int(r["at"]) for r in reversed(logged)}
+        failed: list[int] = []
         for token, records in by_token.items():
-            if await self._publish(token, records):
-                self._stats.republished += len(records)
-                log.info("republished logged changes", token=token, records=len(records))
+            if not await self._publish(token, records, first[token]):
+                failed.append(first[token])
+                continue
+            self._stats.republished += len(records)
+            log.info("republished logged changes", token=token, records=len(records))
+        # Every change whose publish had failed was in the rows: those failing again remain.
+        self.failed_since = min(failed, default=None)
 
     async def _copy_keys(self, logged: Sequence[dict[str, Any]]) -> None:
         """Copy the persons of ``logged`` from ``memberships`` into ``person_memberships``.
