@@ -87,6 +87,16 @@ async def test_times_past_the_ttl_do_not_count(short_ttl: ClickHouseStore) -> No
         await engine.close()
 
 
+async def _memtable_writes(store: ClickHouseStore) -> set[str]:
+    """The key-value tables whose writes go to RocksDB's memtable (migration 0015)."""
+    rows = await store.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} "
+        "AND engine = 'EmbeddedRocksDB' AND engine_full LIKE '%optimize_for_bulk_insert = 0%'",
+        {"db": store.database},
+    )
+    return {str(r[0]) for r in rows}
+
+
 async def test_the_ttl_follows_the_setting_on_both_tables(
     make_settings: Callable[..., Settings], short_ttl: ClickHouseStore
 ) -> None:
@@ -104,8 +114,10 @@ async def test_the_ttl_follows_the_setting_on_both_tables(
         body = b'{"site_id":"shop","visitor_id":"v","signal":1,"product":"","times":[],"last_t":1}'
         await ensure_view(longer)
         await longer.insert_json_rows("signal_rows", body, dedup_token="before")
+        assert await _memtable_writes(longer) == {"person_state", "person_memberships"}
         await ensure_ttl(longer)
         assert await _state_ttl_s(longer) == 90 * 86_400
+        assert await _memtable_writes(longer) == {"person_state", "person_memberships"}
         await longer.insert_json_rows(
             "signal_rows", body.replace(b":1}", b":2}"), dedup_token="after"
         )
