@@ -11,6 +11,8 @@ from leadback.audiences.changes import ChangeRecord, change_record
 from leadback.audiences.publisher import QueuedChangePublisher
 from leadback.broker import EmbeddedBroker
 from leadback.errors import BrokerUnavailableError
+from leadback.kafka.config import rdkafka_config
+from leadback.kafka.rdkafka import RdKafkaProducer
 from leadback.segmenter.service import change_producer
 from leadback.settings import Settings
 from tests.integration.helpers import read_topic
@@ -75,3 +77,29 @@ async def test_changes_not_acknowledged_in_time_raise_and_leave_nothing_queued(
     on_topic = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes)
     ids = {r["visitor_id"] for r in on_topic}
     assert {"p0", *(f"p{i}" for i in range(100, 110))} <= ids
+
+
+async def test_a_publish_larger_than_the_client_queue_waits_for_room_and_sends_all(
+    topics: Settings,
+) -> None:
+    # A queue of 64 records: the publish queues what fits, waits for acknowledgements, and
+    # goes on from the first record not queued (none lost, none sent twice).
+    producer = RdKafkaProducer(
+        rdkafka_config(
+            topics.kafka,
+            topics.kafka.bootstrap,
+            embedded=True,
+            queue_max_events=64,
+            queue_max_bytes=1024 * 1024,
+            stall_s=30,
+        )
+    )
+    producer.start(on_failure=lambda *_: None)
+    try:
+        records = changes(1000)
+        await QueuedChangePublisher(producer, topics.kafka.topic_changes).publish(records)
+        assert producer.pending() == 0
+    finally:
+        producer.close()
+    on_topic = await read_topic(topics.kafka.bootstrap, topics.kafka.topic_changes)
+    assert sorted(r["change_id"] for r in on_topic) == sorted(str(r["change_id"]) for r in records)

@@ -6,6 +6,7 @@ The same behaviour against the real broker is proven in tests/integration/test_b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,20 @@ class FakeProducer:
         if len(self.queued) >= self.capacity:
             raise QueueFullError("full")
         self.queued.append((topic, key, value, on_failure))
+
+    def produce_many(
+        self,
+        topic: str,
+        records: Sequence[Any],
+        encode: Callable[[Any], tuple[bytes | None, bytes]],
+        on_failure: FailureCallback,
+        start: int = 0,
+    ) -> int:
+        end = min(len(records), start + max(0, self.capacity - len(self.queued)))
+        for record in records[start:end]:
+            key, value = encode(record)
+            self.queued.append((topic, key, value, on_failure))
+        return end
 
     def poll(self) -> None:
         queued, self.queued = self.queued, []

@@ -139,3 +139,52 @@ def test_transitions_come_in_audience_then_person_order(
             exit_reason="gone",
         )
         assert alone == t
+
+
+def _plain(
+    qualifying: dict[tuple[str, str], tuple[str, ...]],
+    stored: dict[tuple[str, str], Stored],
+    ttl_ms: dict[str, int],
+) -> list[tuple[str, str, str, str, str, int, tuple[str, ...], int]]:
+    """The state machine written out key by key, over every key (what ``transitions`` skips
+    must be exactly what changes nothing here)."""
+    out = []
+    for key in sorted(qualifying.keys() | stored.keys()):
+        old = stored.get(key, Stored("", 0, 0))
+        member, products = key in qualifying, qualifying.get(key, ())
+        ttl = ttl_ms.get(key[0], 0)
+        expired = old.state == "in" and ttl > 0 and old.entered_at + ttl <= NOW
+        if old.state == "in":
+            state = "expired" if expired else ("in" if member else "out")
+        elif old.state == "expired":
+            state = "expired" if member else "out"
+        else:
+            state = "in" if member else old.state
+        change = ""
+        if old.state == "in" and state != "in":
+            change = "exit"
+        elif old.state != "in" and state == "in":
+            change = "enter"
+        elif state == "in" and products != old.products:
+            change = "update"
+        if state == old.state and not change:
+            continue
+        entered = NOW if change == "enter" else old.entered_at
+        kept = products if state == "in" else old.products
+        out.append((*key, state, change, old.version + 1, kept, entered))
+    return out
+
+
+@given(
+    qualifying=st.dictionaries(keys, st.sampled_from([(), ("x",), ("y",), ("x", "y")])),
+    stored=st.dictionaries(keys, stored_memberships),
+)
+def test_transitions_skip_exactly_the_keys_that_change_nothing(
+    qualifying: dict[tuple[str, str], tuple[str, ...]], stored: dict[tuple[str, str], Stored]
+) -> None:
+    ttl = {"a": 0, "b": 10, "c": NOW // 2}
+    found = transitions(qualifying, stored, ttl_ms=ttl, now=NOW, exit_reason="gone")
+    assert [
+        (t.audience_id, t.person, t.state, t.change, t.version, t.products, t.entered_at)
+        for t in found
+    ] == _plain(qualifying, stored, ttl)

@@ -74,6 +74,8 @@ class AudienceEngine:
         self._store = store
         # Backfills and their reads run on a client of their own: rounds do not queue behind.
         self._backfill_store = backfill_store or ClickHouseStore(store.settings)
+        # A round's second client: its memberships read runs beside the state read.
+        self._reader_store = ClickHouseStore(store.settings)
         self._clock = clock or SystemClock()
         self.repository = repository or AudienceRepository(store, clock=self._clock)
         self.identity = IdentityGraph(store, clock=self._clock)
@@ -87,6 +89,7 @@ class AudienceEngine:
             self._outbox,
             clock=self._clock,
             stats=self.stats,
+            reader=self._reader_store,
         )
         self._eraser = Eraser(store, self.identity, self._evaluator)
         self._lock = asyncio.Lock()
@@ -130,6 +133,7 @@ class AudienceEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refreshing
         await self._backfill_store.close()
+        await self._reader_store.close()
 
     async def run(
         self,

@@ -10,6 +10,7 @@ pass).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,8 +56,12 @@ class Evaluator:
         *,
         clock: Clock,
         stats: AudienceStats,
+        reader: ClickHouseStore | None = None,
     ) -> None:
         self._store = store
+        # The memberships read runs on a client of its own, beside the state read: the two
+        # are independent, and ClickHouse runs them at once.
+        self._reader = reader or store
         self._db = store.database
         self._definitions = definitions
         self._outbox = outbox
@@ -134,10 +139,13 @@ class Evaluator:
             work[site][0].add(person)
         pairs = [(site, p) for site, (persons, _) in sorted(work.items()) for p in sorted(persons)]
         keys = state_keys(pairs, identity)
-        states = group_states(await self._store.query(state_sql(self._db, keys), params))
+        state_rows, rows = await asyncio.gather(
+            self._store.query(state_sql(self._db, keys), params),
+            self._reader.query(memberships_sql(self._db, string_pairs(pairs))),
+        )
+        states = group_states(state_rows)
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
-        rows = await self._store.query(memberships_sql(self._db, string_pairs(pairs)))
         for site, a, p, st, v, e, pr in stored_entries(rows, audience_pairs):
             stored[site][(a, p)] = Stored(st, v, e, pr)
         for site, (persons, evaluate) in sorted(work.items()):

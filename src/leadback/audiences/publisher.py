@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from leadback.audiences.changes import ChangeRecord, encode
 from leadback.clock import Clock, SystemClock
-from leadback.errors import BrokerUnavailableError, QueueFullError
+from leadback.errors import BrokerUnavailableError
 from leadback.kafka.rdkafka import QueueingProducer
 
 
@@ -45,16 +45,13 @@ class QueuedChangePublisher:
             failures.append(reason)
 
         deadline = self._clock.monotonic() + self._timeout_s
-        for record in records:
-            key, value = encode(record)
-            while True:
-                try:
-                    self._producer.produce(self._topic, key, value, on_failure=failed)
-                    break
-                except QueueFullError:
-                    self._give_up_after(deadline, len(records))
-                    self._producer.poll()
-                    await self._clock.sleep(self._poll_interval_s)
+        queued = self._producer.produce_many(self._topic, records, encode, failed)
+        while queued < len(records):
+            # The client's queue is full: wait for room, then queue the rest.
+            self._give_up_after(deadline, len(records))
+            self._producer.poll()
+            await self._clock.sleep(self._poll_interval_s)
+            queued = self._producer.produce_many(self._topic, records, encode, failed, queued)
         while self._producer.pending():
             self._give_up_after(deadline, len(records))
             self._producer.poll()

@@ -159,15 +159,39 @@ def _cond(c: Condition, ctx: _Context) -> Test:
     if isinstance(c, InAudienceCond):
         return _inline(c.in_audience, ctx)
     if isinstance(c, AllCond):
-        parts = [_cond(x, ctx) for x in c.all]
-        return lambda s, now: all(p(s, now) for p in parts)
+        return _all([_cond(x, ctx) for x in c.all])
     if isinstance(c, AnyCond):
-        parts = [_cond(x, ctx) for x in c.any]
-        return lambda s, now: any(p(s, now) for p in parts)
+        return _any([_cond(x, ctx) for x in c.any])
     if isinstance(c, NotCond):
         inner = _cond(c.not_, ctx)
         return lambda s, now: not inner(s, now)
     raise AssertionError(f"unknown condition {c!r}")
+
+
+def _all(parts: list[Test]) -> Test:
+    # Chained ``and`` for the common sizes: a generator per call cost more than the tests
+    # (rules run for tens of thousands of product states a round).
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda s, now: a(s, now) and b(s, now)
+    if len(parts) == 3:
+        a, b, c = parts
+        return lambda s, now: a(s, now) and b(s, now) and c(s, now)
+    return lambda s, now: all(p(s, now) for p in parts)
+
+
+def _any(parts: list[Test]) -> Test:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda s, now: a(s, now) or b(s, now)
+    if len(parts) == 3:
+        a, b, c = parts
+        return lambda s, now: a(s, now) or b(s, now) or c(s, now)
+    return lambda s, now: any(p(s, now) for p in parts)
 
 
 def _inline(audience_id: str, ctx: _Context) -> Test:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -34,6 +34,7 @@ from leadback.kafka.config import idempotence_refused
 
 #: ``(topic, key, value, reason)`` of a record the broker did not take.
 FailureCallback = Callable[[str, bytes | None, bytes, str], None]
+R = TypeVar("R")
 
 
 class QueueingProducer(Protocol):
@@ -52,6 +53,19 @@ class QueueingProducer(Protocol):
     ) -> None:
         """Queue one record (never blocks). Raises :class:`QueueFullError` when the client's
         queue is full; ``on_failure`` replaces the start-up callback for this record."""
+        ...
+
+    def produce_many(
+        self,
+        topic: str,
+        records: Sequence[R],
+        encode: Callable[[R], tuple[bytes | None, bytes]],
+        on_failure: FailureCallback,
+        start: int = 0,
+    ) -> int:
+        """Queue ``records[start:]``, each encoded to (key, value), in order until the client's
+        queue is full; return the position of the first not queued (``len(records)``: all).
+        ``on_failure`` gets each of them that fails."""
         ...
 
     def poll(self) -> None:
@@ -129,6 +143,34 @@ class RdKafkaProducer:
         except KafkaException as exc:
             reason = self._fatal[1] if self._fatal is not None else str(exc)
             raise BrokerUnavailableError(f"produce to {topic} failed: {reason}") from exc
+
+    def produce_many(
+        self,
+        topic: str,
+        records: Sequence[R],
+        encode: Callable[[R], tuple[bytes | None, bytes]],
+        on_failure: FailureCallback,
+        start: int = 0,
+    ) -> int:
+        client = self._client
+        if client is None:
+            raise BrokerUnavailableError("producer used before start()")
+        # One callback for all (librdkafka calls it only for failures), the bound method
+        # looked up once, each record encoded just before it is queued (its bytes freed at
+        # once: encoding them all first cost more in fresh memory than it saved).
+        report = _reporter(on_failure)
+        produce = client.produce
+        position = start
+        try:
+            for position in range(start, len(records)):
+                key, value = encode(records[position])
+                produce(topic, value, key, on_delivery=report)
+        except BufferError:
+            return position
+        except KafkaException as exc:
+            reason = self._fatal[1] if self._fatal is not None else str(exc)
+            raise BrokerUnavailableError(f"produce to {topic} failed: {reason}") from exc
+        return len(records)
 
     def poll(self) -> None:
         if self._client is None:
