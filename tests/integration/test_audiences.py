@@ -291,6 +291,26 @@ rule:
     assert stored.version == 2
 
 
+async def test_a_rule_true_without_events_takes_each_visitor_at_their_first_event(
+    h: Harness,
+) -> None:
+    # "Never bought": true for a visitor with no purchase. A round of page views alone must
+    # bring its visitors in, whatever else the round holds (it used to take them only when
+    # some purchase, anyone's, was in the same round).
+    await h.apply(
+        """
+id: never_bought
+site: shop
+rule:
+  not: {did: {event: purchase}}
+"""
+    )
+    await h.send(event("shop", "rae", "page_view", h.now))
+    assert set(await h.members("never_bought")) == {"rae"}
+    await h.send(event("shop", "sol", "page_view", h.now), event("shop", "rae", "purchase", h.now))
+    assert set(await h.members("never_bought")) == {"sol"}
+
+
 async def test_deleting_an_audience_exits_every_member(h: Harness) -> None:
     await h.send(event("shop", "quin", "page_view", h.now, url="https://x.example/contact"))
     assert set(await h.members("lead_form_no_submit")) == {"quin"}

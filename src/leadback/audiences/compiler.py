@@ -268,8 +268,11 @@ def trigger_types(
     spec: AudienceSpec, site_audiences: dict[str, AudienceSpec]
 ) -> frozenset[str] | None:
     """Event types whose arrival can change ``spec``'s result (``None``: any event can, as with
-    ``idle``). Events of other types leave it as it was; only time can change it then, and the
-    timer pass sees to that."""
+    ``idle``, or a rule that holds for a person with no events at all: ``not`` a purchase holds
+    for anyone's first page view). Events of other types leave it as it was; only time can
+    change it then, and the timer pass sees to that."""
+    if holds_without_events(spec.rule, site_audiences, {spec.id}):
+        return None
     found: set[str] = set()
     stack: list[Condition] = [spec.rule]
     seen = {spec.id}
@@ -294,3 +297,29 @@ def trigger_types(
                 stack.append(target.rule)
         stack.extend(children(c))
     return frozenset(found)
+
+
+def holds_without_events(
+    c: Condition, site_audiences: dict[str, AudienceSpec], seen: set[str] | None = None
+) -> bool:
+    """Whether ``c`` holds for a person (or product) with no events at all: a new visitor
+    qualifies with their first event, whatever its type."""
+    seen = seen if seen is not None else set()
+    if isinstance(c, DidCond):
+        return c.did.count.min < 1
+    if isinstance(c, IdleCond):
+        return True
+    if isinstance(c, ThenNotCond | SequenceCond | SeenWithinCond):
+        return False
+    if isinstance(c, InAudienceCond):
+        target = site_audiences.get(c.in_audience)
+        if target is None or target.id in seen:
+            return False
+        return holds_without_events(target.rule, site_audiences, seen | {target.id})
+    if isinstance(c, AllCond):
+        return all(holds_without_events(x, site_audiences, seen) for x in c.all)
+    if isinstance(c, AnyCond):
+        return any(holds_without_events(x, site_audiences, seen) for x in c.any)
+    if isinstance(c, NotCond):
+        return not holds_without_events(c.not_, site_audiences, seen)
+    raise AssertionError(f"unknown condition {c!r}")

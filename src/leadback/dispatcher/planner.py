@@ -152,13 +152,16 @@ class ChangePlanner:
                             )
                         )
             elif kind == "exit":
-                # Steps to cancel exist only on audiences with campaigns; the timer pass cancels
-                # any left by a campaign deleted since (`campaign_gone`). No read otherwise:
-                # exits come by the thousand per second when audiences are busy.
-                if self._book.has_campaigns(site, audience):
-                    exits.setdefault((site, person), {})[audience] = (version, change["reason"])
                 if change["reason"] == "erased":
+                    # The erasure deleted the person's steps and deliveries itself: cancelling
+                    # them here wrote rows of an erased person back whenever this read came
+                    # before its delete.
                     erased.append(Suppression(site, f"person:{person}", "all", "erased"))
+                elif self._book.has_campaigns(site, audience):
+                    # Steps to cancel exist only on audiences with campaigns; the timer pass
+                    # cancels any left by a campaign deleted since (`campaign_gone`). No read
+                    # otherwise: exits come by the thousand per second when audiences are busy.
+                    exits.setdefault((site, person), {})[audience] = (version, change["reason"])
         if enroll:
             await retrying("schedule steps", lambda: self._steps.write(enroll))
             self.enrolled += len({r.key[:4] for r in enroll})
