@@ -52,7 +52,7 @@ _timing = [False]
 def _time_store_calls() -> None:
     """Wrap the adapter's calls: (wall ms, process CPU ms) per statement shape."""
     store_class = client_mod.ClickHouseStore
-    for name in ("query", "command", "insert_json_rows"):
+    for name in ("query", "query_columns", "command", "insert_json_rows"):
         original = getattr(store_class, name)
 
         def timed(orig: Any, kind: str) -> Any:

@@ -53,3 +53,32 @@ async def test_a_literal_that_looks_like_a_parameter_stays_text(store: ClickHous
     )
     assert rows[0][0] == 5
     assert list(rows[0][1]) == ids
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    values=st.lists(texts, min_size=1, max_size=5),
+    numbers=st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=5),
+    big=st.integers(0, 2**64 - 1),
+)
+async def test_columns_read_as_json_are_the_values_stored(
+    store: ClickHouseStore, values: list[str], numbers: list[int], big: int
+) -> None:
+    """`query_columns` (one JSON text) gives the same Python values `query` does: any text,
+    every 64-bit integer, arrays."""
+    sql = (
+        f"SELECT arrayJoin({strings(values)}) AS s, toUInt64({big}) AS u, "
+        f"CAST({numbers} AS Array(Int64)) AS a, length(s) AS n"
+    )
+    columns = await store.query_columns(sql, width=4)
+    rows = await store.query(sql)
+    assert columns[0] == values
+    assert list(zip(*columns, strict=True)) == [tuple(r) for r in rows]
+    assert columns[1] == [big] * len(values) and columns[2] == [numbers] * len(values)
+
+
+async def test_no_rows_read_as_json_are_empty_columns(store: ClickHouseStore) -> None:
+    columns = await store.query_columns("SELECT 1, 'a', [2] WHERE 0", width=3)
+    assert columns == [[], [], []]

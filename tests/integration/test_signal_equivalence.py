@@ -27,6 +27,7 @@ from leadback.audiences.rules import (
 )
 from leadback.audiences.signals import Signal
 from leadback.audiences.state_read import (
+    STATE_WIDTH,
     PersonStates,
     group_states,
     keys_sql,
@@ -129,8 +130,9 @@ async def _program_answer(
     }
     persons = [(site, v) for v in ("v1", "v2", "v3")]
     found = await store.query(keys_sql(store.database, string_pairs(persons)))
-    rows = await store.query(state_sql(store.database, state_keys(persons, found)), params)
-    states = group_states(rows).get(site, PersonStates())
+    sql = state_sql(store.database, state_keys(persons, found))
+    columns = await store.query_columns(sql, params, width=STATE_WIDTH)
+    states = group_states(zip(*columns, strict=True)).get(site, PersonStates())
     members = {(a, p, pr) for (a, p), pr in program.members(states, at).items()}
     return members, set(program.dues(states).items())
 

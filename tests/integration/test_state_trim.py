@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from leadback.audiences.compiler import NEVER
 from leadback.audiences.person_state import ensure_view
-from leadback.audiences.state_read import due_time, keys_sql, state_keys, state_sql, trim_times
+from leadback.audiences.state_read import (
+    STATE_WIDTH,
+    due_time,
+    keys_sql,
+    state_keys,
+    state_sql,
+    trim_times,
+)
 from leadback.store.client import ClickHouseStore
 from leadback.store.literals import string_pairs
 from tests.conftest import store_examples
@@ -116,7 +123,9 @@ async def test_python_trims_and_dues_like_the_statement(
     }
     persons = [(site, "v1"), (site, "v2")]
     keys = state_keys(persons, await db.query(keys_sql(db.database, string_pairs(persons))))
-    got = await db.query(state_sql(db.database, keys), params)
+    # As a round reads it: columns of one JSON text.
+    columns = await db.query_columns(state_sql(db.database, keys), params, width=STATE_WIDTH)
+    got = zip(*columns, strict=True)
     found = {
         (str(p), int(s), str(pr)): (list(tt), int(last), int(due))
         for _, p, s, pr, tt, last, due in got

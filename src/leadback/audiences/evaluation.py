@@ -23,6 +23,7 @@ from leadback.audiences.outbox import AudienceStats, ChangeOutbox
 from leadback.audiences.query import memberships_sql, stored_entries
 from leadback.audiences.repository import StoredAudience
 from leadback.audiences.state_read import (
+    STATE_WIDTH,
     PersonStates,
     group_states,
     keys_sql,
@@ -139,11 +140,11 @@ class Evaluator:
             work[site][0].add(person)
         pairs = [(site, p) for site, (persons, _) in sorted(work.items()) for p in sorted(persons)]
         keys = state_keys(pairs, identity)
-        state_rows, rows = await asyncio.gather(
-            self._store.query(state_sql(self._db, keys), params),
+        state_columns, rows = await asyncio.gather(
+            self._store.query_columns(state_sql(self._db, keys), params, width=STATE_WIDTH),
             self._reader.query(memberships_sql(self._db, string_pairs(pairs))),
         )
-        states = group_states(state_rows)
+        states = group_states(zip(*state_columns, strict=True))
         audience_pairs = [(site, a.spec.id) for site, (_, ev) in work.items() for a in ev]
         stored: dict[str, dict[tuple[str, str], Stored]] = {site: {} for site in work}
         for site, a, p, st, v, e, pr in stored_entries(rows, audience_pairs):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import clickhouse_connect
+import orjson
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
@@ -75,6 +76,10 @@ def translate(exc: Exception, what: str) -> Exception:
 # A round writes its persons' ids into the statement's text (`store/literals.py`): thousands of
 # them pass ClickHouse's default 256 KiB limit on a query's text.
 _SETTINGS = {"max_query_size": 64 * 1024 * 1024}
+
+
+# Numbers as JSON numbers (orjson reads 64-bit integers), whatever the server's default.
+_JSON_OUT = {"output_format_json_quote_64bit_integers": 0}
 
 
 def _chdb_settings() -> dict[str, int]:
@@ -150,6 +155,23 @@ class ClickHouseStore:
             sql.split("\n", 1)[0][:80], lambda c: c.query(sql, parameters).result_rows
         )
         return rows
+
+    async def query_columns(
+        self, sql: str, parameters: dict[str, Any] | None = None, *, width: int
+    ) -> list[list[Any]]:
+        """The ``width`` columns of a SELECT as lists, for results of tens of thousands of
+        rows: read as one JSON text (``JSONCompactColumns``) parsed by orjson, which costs
+        about a third of turning the same rows into Python values column by column the way
+        :meth:`query` does. Strings must be valid UTF-8 (all Leadback's are: they came in as
+        JSON)."""
+
+        def read(c: Client) -> list[list[Any]]:
+            text = c.raw_query(sql, parameters, fmt="JSONCompactColumns", settings=_JSON_OUT)
+            columns: list[list[Any]] = orjson.loads(text)
+            # No rows: ClickHouse writes `[]`, not `width` empty columns.
+            return columns or [[] for _ in range(width)]
+
+        return await self._run(sql.split("\n", 1)[0][:80], read)
 
     async def insert_json_rows(
         self, table: str, data: bytes, *, dedup_token: str, settings: dict[str, Any] | None = None
