@@ -21,14 +21,25 @@ class DueWaiting:
     def __init__(self) -> None:
         self._persons: dict[str, set[str]] = {}
         self._last_round = -ROUNDS_RUNNING_S
+        self._in_round = 0
 
-    def round_ran(self, monotonic: float) -> None:
-        """A round started or ended at ``monotonic`` (a long round still counts as running)."""
+    def round_started(self, monotonic: float) -> None:
+        """A round started at ``monotonic``."""
+        self._in_round += 1
+        self._last_round = monotonic
+
+    def round_ended(self, monotonic: float) -> None:
+        """A round (started with :meth:`round_started`) ended at ``monotonic``, done or not."""
+        self._in_round -= 1
         self._last_round = monotonic
 
     def rounds_running(self, monotonic: float) -> bool:
-        """Whether a round ran within :data:`ROUNDS_RUNNING_S` of ``monotonic``."""
-        return monotonic - self._last_round < ROUNDS_RUNNING_S
+        """Whether a round is in progress or one ended within :data:`ROUNDS_RUNNING_S` of
+        ``monotonic``."""
+        # A round in progress counts however long it has run: under load a round can take
+        # longer than the window, and a timer that took it for idle evaluated its due persons
+        # itself, holding the lock the next round waited for.
+        return self._in_round > 0 or monotonic - self._last_round < ROUNDS_RUNNING_S
 
     def add(self, pairs: Iterable[tuple[str, str]]) -> int:
         """Add (site, person) pairs; returns how many persons are waiting now."""

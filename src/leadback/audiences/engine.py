@@ -247,7 +247,19 @@ class AudienceEngine:
                 by_site.setdefault(site, set()).add(visitor)
         round_digest = merge(digests)
         events = [orjson.loads(line) for line in round_digest.identity]
-        self._due_waiting.round_ran(self._clock.monotonic())
+        self._due_waiting.round_started(self._clock.monotonic())
+        try:
+            await self._round(by_site, round_digest, events, token)
+        finally:
+            self._due_waiting.round_ended(self._clock.monotonic())
+
+    async def _round(
+        self,
+        by_site: dict[str, set[str]],
+        round_digest: BatchDigest,
+        events: list[dict[str, Any]],
+        token: str,
+    ) -> None:
         async with self._lock:
             await self._settle_doubt()
             due = self._due_waiting.take(_CHUNK)
@@ -289,8 +301,8 @@ class AudienceEngine:
                 visitors={site: visitors for site, (visitors, _) in requests.items()},
             )
             await self._evaluator.commit(outcome, token=token)
-            self._due_waiting.round_ran(self._clock.monotonic())
             self._due_waiting.done(due)
+            self.stats.due_in_rounds += sum(len(persons) for persons in due.values())
 
     # -- definitions ----------------------------------------------------------------------
 
@@ -350,6 +362,7 @@ class AudienceEngine:
         # No rounds, or a backlog (a start after downtime) more than a round takes: evaluated
         # here, a chunk at a time, as rounds go on between the chunks.
         due = self._due_waiting.drain()
+        self.stats.due_in_timer += len(due)
         for i in range(0, len(due), _CHUNK):
             chunk: dict[str, tuple[set[str], None]] = {}
             for site, person in due[i : i + _CHUNK]:

@@ -63,6 +63,10 @@ class AudienceStats:
     memberships_restored: int = 0
     publish_failures: int = 0
     identity_links: int = 0
+    #: Persons whose time conditions came due, evaluated with a round's own persons / by the
+    #: timer pass apart (no round running, or a backlog of more than a round takes).
+    due_in_rounds: int = 0
+    due_in_timer: int = 0
     last_evaluation_seconds: float = 0.0
 
 

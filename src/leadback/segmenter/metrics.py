@@ -54,6 +54,18 @@ def samples(seg: Segmenter, engine: AudienceEngine | None) -> Iterable[Sample]:
             "leadback_identity_links", "identity links applied", "counter", au.identity_links
         )
         yield Sample(
+            "leadback_audience_due_in_rounds",
+            "persons come due evaluated with a round's own persons",
+            "counter",
+            au.due_in_rounds,
+        )
+        yield Sample(
+            "leadback_audience_due_in_timer",
+            "persons come due evaluated by the timer pass apart from rounds",
+            "counter",
+            au.due_in_timer,
+        )
+        yield Sample(
             "leadback_audiences_not_live",
             "active audiences whose signals are still being backfilled",
             "gauge",
