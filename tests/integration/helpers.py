@@ -192,5 +192,7 @@ async def run_segmenter(settings: Settings, store: ClickHouseStore) -> AsyncIter
         await task
         if timer is not None:
             await timer
+        if engine is not None:
+            await engine.close()
         await invalid.stop()
         changes.close()

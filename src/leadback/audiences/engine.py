@@ -143,7 +143,9 @@ class AudienceEngine:
         leader: Callable[[], bool] = lambda: True,
     ) -> None:
         """Call :meth:`tick` every ``interval_s`` (sooner after a definition changed) while
-        ``leader()`` says this process is the one to run timer passes."""
+        ``leader()`` says this process is the one to run timer passes, until ``stop``. The
+        caller closes the engine (:meth:`close`) once its rounds are over too: a round the
+        stream loop finishes after the stop still reads on the engine's clients."""
         while not stop.is_set():
             waiter = asyncio.create_task(self.changed.wait())
             stopper = asyncio.create_task(stop.wait())
@@ -163,7 +165,6 @@ class AudienceEngine:
             except LeadbackError as exc:
                 # Store or broker trouble: the same pass runs again next tick.
                 log.error("audience tick failed", error=str(exc))
-        await self.close()
 
     async def tick(
         self,

@@ -181,6 +181,9 @@ async def run_segmenter(settings: Settings, stop: asyncio.Event | None = None) -
         stop.set()
         for task in side:
             await task
+        if engine is not None:
+            # After the stream loop: its last round reads on the engine's clients.
+            await engine.close()
         await producer.stop()
         changes.close()
         if dispatch_store is not None:
