@@ -95,9 +95,8 @@ async def paced_load(
     connections: int = 64,
 ) -> LoadResult:
     """Send the requests of ``requests`` from the ``start``-th on (cycled if the run needs
-    more) to
-    ``127.0.0.1:port`` at ``rate`` per second for ``seconds``; the responses counted as wrk
-    reports them (its latencies are left out: the freshness is what is measured)."""
+    more) to ``127.0.0.1:port`` at ``rate`` per second for ``seconds``; the responses counted
+    as wrk reports them (its latencies are left out: the freshness is what is measured)."""
     script = requests.with_suffix(".lua")
     if not script.exists():
         script.write_text(PACED_SCRIPT)
