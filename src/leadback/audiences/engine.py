@@ -30,14 +30,13 @@ import orjson
 from leadback.audiences import person_state
 from leadback.audiences.backfill import SignalBackfill
 from leadback.audiences.changes import ChangePublisher
-from leadback.audiences.compiler import compile_rule
 from leadback.audiences.definitions import LoadedAudiences
 from leadback.audiences.digest import BatchDigest, digest, merge
 from leadback.audiences.due_waiting import DueWaiting
 from leadback.audiences.erasure import Eraser, Erasure
 from leadback.audiences.evaluation import Evaluator
+from leadback.audiences.explain import explain_audience
 from leadback.audiences.outbox import AudienceStats, ChangeOutbox
-from leadback.audiences.query import VersionedAudience, build_evaluation
 from leadback.audiences.refresh import Refresher
 from leadback.audiences.repository import AudienceRepository, StoredAudience
 from leadback.audiences.rules import AudienceSpec
@@ -383,28 +382,12 @@ class AudienceEngine:
         version: int = 0,
         site_audiences: dict[str, AudienceSpec] | None = None,
     ) -> dict[str, str]:
-        """The SQL an audience compiles to: its rule expression over signal columns, the signals
-        (one line each: column, what it keeps, the event test), the statement that finds who
-        qualifies among a batch's visitors, and the one that reads their memberships.
-        ``site_audiences`` resolve ``in_audience`` (default: the definitions last loaded)."""
+        """:func:`~.explain.explain_audience`; ``site_audiences`` default to the definitions
+        last loaded."""
         site_specs = site_audiences
         if site_specs is None:
             site_specs = self._definitions.specs(spec.site)
-        rule = compile_rule(spec, site_specs)
-        query = build_evaluation(
-            self._store.database, [VersionedAudience(spec, version)], site_specs, incremental=True
-        )
-        signals = "\n".join(
-            f"{sig.column}: {'times' if sig.times else 'latest time'}"
-            f"{f' per product ({sig.product_key})' if sig.product_key else ''} of {sig.predicate}"
-            for sig in sorted(rule.signals, key=lambda sig: sig.column)
-        )
-        return {
-            "rule": rule.expression,
-            "signals": signals,
-            "members": query.members,
-            "previous": query.previous,
-        }
+        return explain_audience(self._store.database, spec, version, site_specs)
 
     async def erase(self, site: str, *, visitor_id: str | None, user_id: str | None) -> Erasure:
         """Remove a visitor's or user's events, identity, contacts and memberships; exits first."""
